@@ -1,0 +1,1 @@
+import vishwam_keras.ops
