@@ -1,1 +1,28 @@
-import vishwam_keras.ops
+"""vishwam_keras: Gemma-style multimodal transformers for Keras 3, on KerasHub's base classes.
+
+This module is the public API; everything users need is re-exported here.
+"""
+
+from vishwam_keras import ops
+from vishwam_keras.config import (
+    GEMMA_1B_TEXT_CONFIG,
+    GEMMA_4B_MULTIMODAL_CONFIG,
+    GEMMA_12B_MULTIMODAL_CONFIG,
+    MODEL_CONFIGS,
+    TINY_CONFIG,
+    MultimodalConfig,
+    count_backbone_parameters,
+)
+from vishwam_keras.layers.attention.grouped_query import GroupedQueryAttention
+from vishwam_keras.layers.decoder_block import DecoderBlock
+from vishwam_keras.layers.feedforward import GatedFeedForward
+from vishwam_keras.layers.normalization import RMSNorm
+from vishwam_keras.layers.rotary import RotaryEmbedding
+from vishwam_keras.models.backbone import VishwamBackbone
+from vishwam_keras.models.causal_lm import VishwamCausalLM
+from vishwam_keras.models.factory import create_multimodal_model
+from vishwam_keras.models.preprocessor import VishwamCausalLMPreprocessor
+from vishwam_keras.models.presets import available_presets
+from vishwam_keras.models.tokenizer import VishwamTokenizer
+
+__version__ = "0.1.0"

@@ -1,0 +1,123 @@
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import tiny_backbone_kwargs
+from vishwam_keras import (
+    MODEL_CONFIGS,
+    MultimodalConfig,
+    VishwamBackbone,
+    count_backbone_parameters,
+)
+
+
+def _inputs(batch=2, length=7):
+    token_ids = np.random.randint(0, 97, (batch, length)).astype("int32")
+    padding_mask = np.ones((batch, length), "int32")
+    padding_mask[-1, length - 2 :] = 0
+    return {"token_ids": token_ids, "padding_mask": padding_mask}
+
+
+def test_config_round_trip_and_layer_pattern():
+    backbone = VishwamBackbone(**tiny_backbone_kwargs(num_layers=6, sliding_window_pattern=3))
+    assert backbone.layer_types == ["local", "local", "global"] * 2
+    windows = [block.sliding_window_size for block in backbone.transformer_layers]
+    assert windows == [4, 4, None, 4, 4, None]
+    waves = [block.attention.rotary.max_wavelength for block in backbone.transformer_layers]
+    assert waves[:3] == [10000, 10000, 1000000]
+    clone = VishwamBackbone.from_config(backbone.get_config())
+    assert clone.get_config() == backbone.get_config()
+
+
+@pytest.mark.parametrize("length", [1, 5, 13])
+def test_variable_sequence_lengths(length):
+    backbone = VishwamBackbone(**tiny_backbone_kwargs())
+    assert tuple(backbone(_inputs(2, length)).shape) == (2, length, 32)
+
+
+def test_predict_on_arrays_and_tf_data():
+    backbone = VishwamBackbone(**tiny_backbone_kwargs())
+    x = _inputs(4, 6)
+    from_arrays = backbone.predict(x, batch_size=2, verbose=0)
+    from_dataset = backbone.predict(tf.data.Dataset.from_tensor_slices(x).batch(2), verbose=0)
+    np.testing.assert_allclose(from_arrays, from_dataset, atol=1e-5)
+
+
+def test_keras_file_save_and_load(tmp_path):
+    backbone = VishwamBackbone(**tiny_backbone_kwargs())
+    x = _inputs()
+    path = os.path.join(tmp_path, "backbone.keras")
+    backbone.save(path)
+    restored = keras.saving.load_model(path)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(backbone(x)), keras.ops.convert_to_numpy(restored(x)), atol=1e-6
+    )
+
+
+def test_mixed_bfloat16_forward():
+    backbone = VishwamBackbone(**tiny_backbone_kwargs(), dtype="mixed_bfloat16")
+    out = backbone(_inputs())
+    assert keras.backend.standardize_dtype(out.dtype) == "bfloat16"
+    assert keras.backend.standardize_dtype(backbone.token_embedding.embeddings.dtype) == "float32"
+    assert np.all(np.isfinite(keras.ops.convert_to_numpy(keras.ops.cast(out, "float32"))))
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        dict(),
+        dict(num_key_value_heads=1, use_query_key_norm=False),
+        dict(num_layers=5, layer_types=["global", "local", "local", "global", "local"]),
+    ],
+)
+def test_parameter_count_function_matches_count_params(overrides):
+    kwargs = tiny_backbone_kwargs(**overrides)
+    assert count_backbone_parameters(**kwargs) == VishwamBackbone(**kwargs).count_params()
+
+
+@pytest.mark.parametrize("name,target", [("vishwam_1b", 1e9), ("vishwam_4b", 4e9), ("vishwam_12b", 12e9)])
+def test_named_configs_are_within_ten_percent(name, target):
+    count = MODEL_CONFIGS[name].num_parameters()
+    assert abs(count - target) / target <= 0.10, count
+
+
+def test_token_ids_outside_vocabulary_raise():
+    backbone = VishwamBackbone(**tiny_backbone_kwargs())
+    x = _inputs()
+    x["token_ids"][0, 0] = 97
+    with pytest.raises(ValueError, match="token_ids"):
+        backbone(x)
+    x["token_ids"][0, 0] = -1
+    with pytest.raises(ValueError, match="token_ids"):
+        backbone(x)
+
+
+def test_padding_mask_of_wrong_shape_raises():
+    backbone = VishwamBackbone(**tiny_backbone_kwargs())
+    x = _inputs()
+    x["padding_mask"] = x["padding_mask"][:, :3]
+    with pytest.raises(ValueError, match="padding_mask"):
+        backbone(x)
+
+
+@pytest.mark.parametrize(
+    "overrides,match",
+    [
+        (dict(num_query_heads=4, num_key_value_heads=3), "num_key_value_heads"),
+        (dict(sliding_window_size=0), "sliding_window_size"),
+        (dict(vocabulary_size=-5), "vocabulary_size"),
+        (dict(layer_types=["local", "medium", "global"]), "layer_types"),
+    ],
+)
+def test_bad_configs(overrides, match):
+    with pytest.raises(ValueError, match=match):
+        VishwamBackbone(**tiny_backbone_kwargs(**overrides))
+
+
+def test_multimodal_config_validation():
+    with pytest.raises(ValueError, match="num_kv_heads"):
+        MultimodalConfig(num_heads=4, num_kv_heads=3)
+    assert MultimodalConfig(embed_dim=64, num_heads=4).head_dim == 16

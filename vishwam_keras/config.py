@@ -1,0 +1,141 @@
+"""Model configuration as data: `MultimodalConfig`, the named model configs, parameter counts.
+
+Presets in `vishwam_keras/presets/` are written from these configs by `scripts/make_presets.py`.
+"""
+
+import dataclasses
+from typing import List, Optional
+
+TOKENIZER_VOCABULARY_SIZE = 8192
+
+
+@dataclasses.dataclass
+class MultimodalConfig:
+    """The architecture of a Vishwam model, with the seed design's field names.
+
+    Fields left `None` take Gemma-style defaults: `head_dim = embed_dim // num_heads`,
+    `intermediate_dim = 4 * embed_dim`, `num_kv_heads = num_heads // 2` (at least 1).
+    `to_backbone_kwargs()` turns it into `VishwamBackbone` arguments.
+    """
+
+    embed_dim: int = 2560
+    num_heads: int = 8
+    num_kv_heads: Optional[int] = None
+    num_layers: int = 34
+    vocabulary_size: int = TOKENIZER_VOCABULARY_SIZE
+    intermediate_dim: Optional[int] = None
+    head_dim: Optional[int] = None
+    use_qk_norm: bool = True
+    attn_logits_soft_cap: Optional[float] = None
+    final_logit_soft_cap: Optional[float] = None
+    use_sliding_window: bool = True
+    sliding_window_size: int = 1024
+    sliding_window_pattern: int = 6
+    local_rope_max_wavelength: int = 10000
+    global_rope_max_wavelength: int = 1000000
+    global_rope_scaling_factor: float = 8.0
+    query_pre_attn_scalar: Optional[float] = None
+    layer_norm_epsilon: float = 1e-6
+    dropout: float = 0.0
+    attention_implementation: Optional[str] = None
+    layer_types: Optional[List[str]] = None
+
+    def __post_init__(self):
+        for name in ("embed_dim", "num_heads", "num_layers", "vocabulary_size", "sliding_window_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"`{name}` must be a positive int. Received: {name}={value!r}")
+        if self.num_kv_heads is None:
+            self.num_kv_heads = max(1, self.num_heads // 2)
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(
+                "`num_kv_heads` must divide `num_heads`. Received: "
+                f"num_heads={self.num_heads}, num_kv_heads={self.num_kv_heads}"
+            )
+        if self.head_dim is None:
+            self.head_dim = self.embed_dim // self.num_heads
+        if self.intermediate_dim is None:
+            self.intermediate_dim = 4 * self.embed_dim
+
+    def to_backbone_kwargs(self):
+        layer_types = self.layer_types
+        if not self.use_sliding_window:
+            layer_types = ["global"] * self.num_layers
+        return dict(
+            vocabulary_size=self.vocabulary_size,
+            num_layers=self.num_layers,
+            num_query_heads=self.num_heads,
+            num_key_value_heads=self.num_kv_heads,
+            hidden_dim=self.embed_dim,
+            intermediate_dim=self.intermediate_dim,
+            head_dim=self.head_dim,
+            sliding_window_size=self.sliding_window_size,
+            sliding_window_pattern=self.sliding_window_pattern,
+            layer_types=layer_types,
+            use_query_key_norm=self.use_qk_norm,
+            attention_logit_soft_cap=self.attn_logits_soft_cap,
+            final_logit_soft_cap=self.final_logit_soft_cap,
+            query_pre_attn_scalar=self.query_pre_attn_scalar,
+            local_rope_max_wavelength=self.local_rope_max_wavelength,
+            global_rope_max_wavelength=self.global_rope_max_wavelength,
+            global_rope_scaling_factor=self.global_rope_scaling_factor,
+            layer_norm_epsilon=self.layer_norm_epsilon,
+            dropout=self.dropout,
+            attention_implementation=self.attention_implementation,
+        )
+
+    def num_parameters(self):
+        return count_backbone_parameters(**self.to_backbone_kwargs())
+
+
+def count_backbone_parameters(
+    vocabulary_size,
+    num_layers,
+    num_query_heads,
+    num_key_value_heads,
+    hidden_dim,
+    intermediate_dim,
+    head_dim,
+    use_query_key_norm=True,
+    **unused,
+):
+    """Parameters of a `VishwamBackbone`, computed from its config without building it."""
+    d = hidden_dim
+    attention = d * head_dim * (2 * num_query_heads + 2 * num_key_value_heads)
+    qk_norm = 2 * head_dim if use_query_key_norm else 0
+    feedforward = 3 * d * intermediate_dim
+    norms = 4 * d
+    per_layer = attention + qk_norm + feedforward + norms
+    return vocabulary_size * d + num_layers * per_layer + d
+
+
+# Gemma-3-like shapes (GQA, head_dim 256, 5:1 local:global) with our 8k vocabulary; layer
+# counts chosen so the totals land on the names (recorded in each preset's metadata.json).
+VISHWAM_1B_CONFIG = MultimodalConfig(
+    embed_dim=1152, num_heads=4, num_kv_heads=1, head_dim=256, num_layers=36,
+    intermediate_dim=6912, sliding_window_size=512, global_rope_scaling_factor=1.0,
+)
+VISHWAM_4B_CONFIG = MultimodalConfig(
+    embed_dim=2560, num_heads=8, num_kv_heads=4, head_dim=256, num_layers=40,
+    intermediate_dim=10240, sliding_window_size=1024,
+)
+VISHWAM_12B_CONFIG = MultimodalConfig(
+    embed_dim=3840, num_heads=16, num_kv_heads=8, head_dim=256, num_layers=54,
+    intermediate_dim=15360, sliding_window_size=1024,
+)
+GEMMA_1B_TEXT_CONFIG = VISHWAM_1B_CONFIG
+GEMMA_4B_MULTIMODAL_CONFIG = VISHWAM_4B_CONFIG
+GEMMA_12B_MULTIMODAL_CONFIG = VISHWAM_12B_CONFIG
+
+# A small config for tests, demos and guides: builds and generates in seconds on a CPU.
+TINY_CONFIG = MultimodalConfig(
+    embed_dim=64, num_heads=4, num_kv_heads=2, head_dim=16, num_layers=3,
+    intermediate_dim=128, sliding_window_size=8, sliding_window_pattern=3,
+)
+
+MODEL_CONFIGS = {
+    "vishwam_1b": VISHWAM_1B_CONFIG,
+    "vishwam_4b": VISHWAM_4B_CONFIG,
+    "vishwam_12b": VISHWAM_12B_CONFIG,
+    "tiny": TINY_CONFIG,
+}

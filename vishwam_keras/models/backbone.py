@@ -1,0 +1,289 @@
+"""VishwamBackbone: token embedding, the local/global decoder stack, final norm.
+
+The functional core every task model wraps; its `token_embedding` is tied to the output logits.
+"""
+
+import keras
+import numpy as np
+from keras import ops
+from keras_hub.models import Backbone
+
+from vishwam_keras.layers.decoder_block import DecoderBlock
+from vishwam_keras.layers.normalization import RMSNorm
+from vishwam_keras.models.presets import NamedPresetMixin
+
+LAYER_TYPES = ("local", "global")
+
+
+def default_layer_types(num_layers, sliding_window_pattern):
+    """Gemma 3's interleave: every `sliding_window_pattern`-th layer is global, the rest local."""
+    return [
+        "global" if (i + 1) % sliding_window_pattern == 0 else "local"
+        for i in range(num_layers)
+    ]
+
+
+def _check_int(name, value, minimum=1):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"`{name}` must be an int >= {minimum}. Received: {name}={value!r}")
+
+
+def _static_shape(value):
+    shape = getattr(value, "shape", None)
+    if shape is None:
+        shape = np.shape(value)
+    return tuple(None if d is None else int(d) for d in shape)
+
+
+def _is_concrete(value):
+    return isinstance(value, (np.ndarray, list, tuple)) or (
+        ops.is_tensor(value) and not keras.backend.is_keras_tensor(value)
+    )
+
+
+def check_token_ids(token_ids, vocabulary_size, name="token_ids"):
+    """Raise a ValueError for concrete ids outside `[0, vocabulary_size)`; skip traced ones."""
+    if not _is_concrete(token_ids):
+        return
+    try:
+        array = np.asarray(ops.convert_to_numpy(token_ids))
+    except Exception:  # A traced tensor inside a compiled function: nothing to check.
+        return
+    if array.size == 0:
+        raise ValueError(f"`{name}` is empty. Received: {name}.shape={array.shape}")
+    if not np.issubdtype(array.dtype, np.integer):
+        raise TypeError(f"`{name}` must hold integers. Received dtype {array.dtype}")
+    low, high = int(array.min()), int(array.max())
+    if low < 0 or high >= vocabulary_size:
+        raise ValueError(
+            f"`{name}` must lie in [0, {vocabulary_size}) (the vocabulary). "
+            f"Received values in [{low}, {high}]"
+        )
+
+
+@keras.saving.register_keras_serializable(package="vishwam_keras")
+class VishwamBackbone(NamedPresetMixin, Backbone):
+    """A Gemma-3-style decoder: GQA, QK-norm, RoPE, interleaved local/global attention.
+
+    Tokens are embedded and scaled by `sqrt(hidden_dim)`, run through `num_layers`
+    `DecoderBlock`s (local layers attend within `sliding_window_size`, global layers to
+    the whole prefix) and a final RMSNorm. The output is the final hidden state; the
+    tied `token_embedding` turns it into logits in `VishwamCausalLM`.
+
+    Args:
+        vocabulary_size: int. Size of the token vocabulary.
+        num_layers: int. Number of decoder blocks.
+        num_query_heads: int. Query heads per attention layer.
+        num_key_value_heads: int. Key/value heads; must divide `num_query_heads`.
+        hidden_dim: int. Model width.
+        intermediate_dim: int. Feed-forward width.
+        head_dim: int. Width of each attention head.
+        sliding_window_size: int. Window of local layers. Defaults to `512`.
+        sliding_window_pattern: int. Every n-th layer is global. Defaults to `6`
+            (5 local : 1 global, as Gemma 3).
+        layer_types: `None` or list of `"local"` / `"global"`, one per layer; overrides
+            `sliding_window_pattern`.
+        use_query_key_norm: bool. Defaults to `True`.
+        attention_logit_soft_cap: `None` or float. Defaults to `None`.
+        final_logit_soft_cap: `None` or float. Soft cap of the output logits. Defaults to `None`.
+        query_pre_attn_scalar: `None` or float. Defaults to `head_dim`.
+        local_rope_max_wavelength: int. Defaults to `10000`.
+        global_rope_max_wavelength: int. Defaults to `1000000`.
+        global_rope_scaling_factor: float. Defaults to `8.0`.
+        layer_norm_epsilon: float. Defaults to `1e-6`.
+        dropout: float. Defaults to `0.0`.
+        attention_implementation: `None` or an implementation name for
+            `vishwam_keras.ops.dot_product_attention`. Defaults to `None` (automatic).
+        dtype: dtype or `keras.DTypePolicy`. Defaults to the global policy.
+
+    Example:
+    >>> backbone = VishwamBackbone(vocabulary_size=100, num_layers=2, num_query_heads=4,
+    ...     num_key_value_heads=2, hidden_dim=32, intermediate_dim=64, head_dim=8,
+    ...     sliding_window_size=4)
+    >>> x = {"token_ids": np.ones((1, 6), "int32"), "padding_mask": np.ones((1, 6), "int32")}
+    >>> backbone(x).shape
+    (1, 6, 32)
+    """
+
+    def __init__(
+        self,
+        vocabulary_size,
+        num_layers,
+        num_query_heads,
+        num_key_value_heads,
+        hidden_dim,
+        intermediate_dim,
+        head_dim,
+        sliding_window_size=512,
+        sliding_window_pattern=6,
+        layer_types=None,
+        use_query_key_norm=True,
+        attention_logit_soft_cap=None,
+        final_logit_soft_cap=None,
+        query_pre_attn_scalar=None,
+        local_rope_max_wavelength=10000,
+        global_rope_max_wavelength=1000000,
+        global_rope_scaling_factor=8.0,
+        layer_norm_epsilon=1e-6,
+        dropout=0.0,
+        attention_implementation=None,
+        dtype=None,
+        **kwargs,
+    ):
+        for name, value in (
+            ("vocabulary_size", vocabulary_size),
+            ("num_layers", num_layers),
+            ("num_query_heads", num_query_heads),
+            ("num_key_value_heads", num_key_value_heads),
+            ("hidden_dim", hidden_dim),
+            ("intermediate_dim", intermediate_dim),
+            ("head_dim", head_dim),
+            ("sliding_window_size", sliding_window_size),
+            ("sliding_window_pattern", sliding_window_pattern),
+        ):
+            _check_int(name, value)
+        if num_query_heads % num_key_value_heads:
+            raise ValueError(
+                "`num_key_value_heads` must divide `num_query_heads`. Received: "
+                f"num_query_heads={num_query_heads}, num_key_value_heads={num_key_value_heads}"
+            )
+        if layer_types is None:
+            layer_types = default_layer_types(num_layers, sliding_window_pattern)
+        layer_types = list(layer_types)
+        if len(layer_types) != num_layers or any(t not in LAYER_TYPES for t in layer_types):
+            raise ValueError(
+                f"`layer_types` must list {num_layers} entries (num_layers), each one of "
+                f"{LAYER_TYPES}. Received: layer_types={layer_types!r}"
+            )
+
+        # === Layers ===
+        self.token_embedding = keras.layers.ReversibleEmbedding(
+            input_dim=vocabulary_size,
+            output_dim=hidden_dim,
+            tie_weights=True,
+            embeddings_initializer=keras.initializers.RandomNormal(stddev=hidden_dim**-0.5),
+            logit_soft_cap=final_logit_soft_cap,
+            dtype=dtype,
+            name="token_embedding",
+        )
+        self.transformer_layers = []
+        for i, layer_type in enumerate(layer_types):
+            local = layer_type == "local"
+            self.transformer_layers.append(
+                DecoderBlock(
+                    hidden_dim=hidden_dim,
+                    intermediate_dim=intermediate_dim,
+                    num_query_heads=num_query_heads,
+                    num_key_value_heads=num_key_value_heads,
+                    head_dim=head_dim,
+                    sliding_window_size=sliding_window_size if local else None,
+                    use_query_key_norm=use_query_key_norm,
+                    attention_logit_soft_cap=attention_logit_soft_cap,
+                    rope_max_wavelength=(
+                        local_rope_max_wavelength if local else global_rope_max_wavelength
+                    ),
+                    rope_scaling_factor=1.0 if local else global_rope_scaling_factor,
+                    query_pre_attn_scalar=query_pre_attn_scalar,
+                    layer_norm_epsilon=layer_norm_epsilon,
+                    dropout=dropout,
+                    attention_implementation=attention_implementation,
+                    dtype=dtype,
+                    name=f"decoder_block_{i}",
+                )
+            )
+        self.final_norm = RMSNorm(layer_norm_epsilon, dtype=dtype, name="final_norm")
+
+        # === Functional model ===
+        token_id_input = keras.Input(shape=(None,), dtype="int32", name="token_ids")
+        padding_mask_input = keras.Input(shape=(None,), dtype="int32", name="padding_mask")
+        x = self.embed_tokens(token_id_input)
+        for block in self.transformer_layers:
+            x = block(x, padding_mask=padding_mask_input)
+        sequence_output = self.final_norm(x)
+        super().__init__(
+            inputs={"token_ids": token_id_input, "padding_mask": padding_mask_input},
+            outputs=sequence_output,
+            dtype=dtype,
+            **kwargs,
+        )
+
+        # === Config ===
+        self.vocabulary_size = vocabulary_size
+        self.num_layers = num_layers
+        self.num_query_heads = num_query_heads
+        self.num_key_value_heads = num_key_value_heads
+        self.hidden_dim = hidden_dim
+        self.intermediate_dim = intermediate_dim
+        self.head_dim = head_dim
+        self.sliding_window_size = sliding_window_size
+        self.sliding_window_pattern = sliding_window_pattern
+        self.layer_types = layer_types
+        self.use_query_key_norm = use_query_key_norm
+        self.attention_logit_soft_cap = attention_logit_soft_cap
+        self.final_logit_soft_cap = final_logit_soft_cap
+        self.query_pre_attn_scalar = query_pre_attn_scalar
+        self.local_rope_max_wavelength = local_rope_max_wavelength
+        self.global_rope_max_wavelength = global_rope_max_wavelength
+        self.global_rope_scaling_factor = global_rope_scaling_factor
+        self.layer_norm_epsilon = layer_norm_epsilon
+        self.dropout = dropout
+        self.attention_implementation = attention_implementation
+
+    def embed_tokens(self, token_ids):
+        """Token embeddings scaled by `sqrt(hidden_dim)`, as Gemma."""
+        x = self.token_embedding(token_ids)
+        return x * ops.cast(ops.sqrt(float(self.token_embedding.output_dim)), x.dtype)
+
+    def check_inputs(self, inputs):
+        """Validate concrete inputs before any compute; traced inputs pass through."""
+        if isinstance(inputs, dict):
+            if "token_ids" not in inputs:
+                raise ValueError(
+                    "Backbone inputs must contain `token_ids`. Received keys: "
+                    f"{sorted(inputs)}"
+                )
+            check_token_ids(inputs["token_ids"], self.vocabulary_size)
+            token_ids, padding_mask = inputs["token_ids"], inputs.get("padding_mask")
+            if padding_mask is None:
+                return
+            mask_shape, ids_shape = _static_shape(padding_mask), _static_shape(token_ids)
+            if len(mask_shape) != len(ids_shape) or any(
+                a is not None and b is not None and a != b for a, b in zip(mask_shape, ids_shape)
+            ):
+                raise ValueError(
+                    "`padding_mask` must have the shape of `token_ids` (batch, length). "
+                    f"Received: padding_mask.shape={tuple(mask_shape)}, "
+                    f"token_ids.shape={tuple(ids_shape)}"
+                )
+
+    def __call__(self, inputs, *args, **kwargs):
+        self.check_inputs(inputs)
+        return super().__call__(inputs, *args, **kwargs)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "vocabulary_size": self.vocabulary_size,
+                "num_layers": self.num_layers,
+                "num_query_heads": self.num_query_heads,
+                "num_key_value_heads": self.num_key_value_heads,
+                "hidden_dim": self.hidden_dim,
+                "intermediate_dim": self.intermediate_dim,
+                "head_dim": self.head_dim,
+                "sliding_window_size": self.sliding_window_size,
+                "sliding_window_pattern": self.sliding_window_pattern,
+                "layer_types": self.layer_types,
+                "use_query_key_norm": self.use_query_key_norm,
+                "attention_logit_soft_cap": self.attention_logit_soft_cap,
+                "final_logit_soft_cap": self.final_logit_soft_cap,
+                "query_pre_attn_scalar": self.query_pre_attn_scalar,
+                "local_rope_max_wavelength": self.local_rope_max_wavelength,
+                "global_rope_max_wavelength": self.global_rope_max_wavelength,
+                "global_rope_scaling_factor": self.global_rope_scaling_factor,
+                "layer_norm_epsilon": self.layer_norm_epsilon,
+                "dropout": self.dropout,
+                "attention_implementation": self.attention_implementation,
+            }
+        )
+        return config

@@ -1,0 +1,226 @@
+"""VishwamCausalLM: next-token prediction on `VishwamBackbone`, with a cached `generate`.
+
+`fit` trains on (token_ids, padding_mask) -> next tokens; `generate` prefills a bucketed
+prompt prefix once, then decodes one token per step with per-layer (ring-buffer) caches.
+"""
+
+import keras
+import numpy as np
+from keras import ops
+from keras_hub.models import CausalLM
+
+from vishwam_keras.layers import kv_cache
+from vishwam_keras.models.backbone import VishwamBackbone
+from vishwam_keras.models.preprocessor import VishwamCausalLMPreprocessor
+from vishwam_keras.models.presets import NamedPresetMixin
+
+
+def prefill_bucket(min_prompt_length):
+    """Largest bucket <= `min_prompt_length - 1`: powers of two below 64, then multiples of 64.
+
+    The prefix before the bucket is encoded in one parallel pass; the rest of each prompt
+    is fed through decode steps. Buckets keep the number of compiled variants small.
+    """
+    limit = int(min_prompt_length) - 1
+    if limit <= 0:
+        return 0
+    if limit < 64:
+        return 1 << (limit.bit_length() - 1)
+    return (limit // 64) * 64
+
+
+def _any_equal(tensor, values, mask):
+    """True where `tensor` equals any of `values` and `mask` is True."""
+    found = ops.zeros_like(tensor, dtype="bool")
+    for value in values:
+        found = ops.logical_or(found, ops.equal(tensor, value))
+    return ops.logical_and(found, mask)
+
+
+@keras.saving.register_keras_serializable(package="vishwam_keras")
+class VishwamCausalLM(NamedPresetMixin, CausalLM):
+    """A causal language model on `VishwamBackbone`, KerasHub style.
+
+    Calling the model maps `{"token_ids", "padding_mask"}` to logits
+    `(batch, length, vocabulary_size)` through the tied embedding (and final soft cap).
+    `generate()` accepts strings (with a preprocessor) or token dicts, prompts of
+    different lengths in one batch, any KerasHub sampler (`compile(sampler=...)`),
+    stop tokens and `max_length`.
+
+    Args:
+        backbone: `VishwamBackbone`.
+        preprocessor: `None` or `VishwamCausalLMPreprocessor`.
+
+    Example:
+    >>> backbone = VishwamBackbone(vocabulary_size=100, num_layers=2, num_query_heads=4,
+    ...     num_key_value_heads=2, hidden_dim=32, intermediate_dim=64, head_dim=8,
+    ...     sliding_window_size=4)
+    >>> lm = VishwamCausalLM(backbone)
+    >>> prompt = {"token_ids": np.array([[2, 5, 6, 0, 0, 0]]),
+    ...           "padding_mask": np.array([[1, 1, 1, 0, 0, 0]])}
+    >>> lm.generate(prompt, stop_token_ids=None)["token_ids"].shape
+    (1, 6)
+    """
+
+    backbone_cls = VishwamBackbone
+    preprocessor_cls = VishwamCausalLMPreprocessor
+
+    def __init__(self, backbone, preprocessor=None, **kwargs):
+        # === Layers ===
+        self.backbone = backbone
+        self.preprocessor = preprocessor
+
+        # === Functional model ===
+        inputs = backbone.input
+        hidden_states = backbone(inputs)
+        logits = backbone.token_embedding(hidden_states, reverse=True)
+        # Logits in float32 even under mixed precision: the loss needs the range.
+        logits = keras.layers.Activation("linear", dtype="float32", name="logits")(logits)
+        super().__init__(inputs=inputs, outputs=logits, **kwargs)
+        self._generate_functions = {}
+
+    def compile(self, *args, **kwargs):
+        super().compile(*args, **kwargs)
+        self._generate_functions = {}
+
+    def _post_quantize(self, mode, **kwargs):
+        super()._post_quantize(mode, **kwargs)
+        self._generate_functions = {}
+
+    def __call__(self, inputs, *args, **kwargs):
+        self.backbone.check_inputs(inputs)
+        return super().__call__(inputs, *args, **kwargs)
+
+    # === Cached forward pass ===
+    def call_with_cache(self, token_ids, cache, cache_update_index, padding_mask=None):
+        """Forward pass that reads and updates the per-layer key/value caches.
+
+        Args:
+            token_ids: int tensor `(batch, length)`. With `length > 1` this is a prefill
+                from position 0; with `length == 1` a decode step.
+            cache: tuple with one `(key, value)` pair per decoder block.
+            cache_update_index: int or scalar tensor: position of `token_ids[:, 0]`.
+            padding_mask: optional `(batch, length)` mask for a prefill.
+
+        Returns:
+            `(logits, hidden_states, cache)`.
+        """
+        x = self.backbone.embed_tokens(token_ids)
+        new_cache = []
+        for block, layer_cache in zip(self.backbone.transformer_layers, cache):
+            x, layer_cache = block(
+                x,
+                padding_mask=padding_mask,
+                cache=layer_cache,
+                cache_update_index=cache_update_index,
+            )
+            new_cache.append(layer_cache)
+        hidden_states = self.backbone.final_norm(x)
+        logits = self.backbone.token_embedding(hidden_states, reverse=True)
+        return ops.cast(logits, "float32"), hidden_states, tuple(new_cache)
+
+    def _build_cache(self, token_ids, prefill_length):
+        """Empty caches (ring buffers for local layers), then prefill `prefill_length` tokens."""
+        batch_size, max_length = ops.shape(token_ids)[0], token_ids.shape[1]
+        cache = tuple(
+            kv_cache.empty_cache(
+                batch_size,
+                kv_cache.cache_length(block.sliding_window_size, max_length),
+                self.backbone.num_key_value_heads,
+                self.backbone.head_dim,
+                self.compute_dtype,
+            )
+            for block in self.backbone.transformer_layers
+        )
+        if prefill_length > 0:
+            _, _, cache = self.call_with_cache(token_ids[:, :prefill_length], cache, 0)
+        return cache
+
+    def cache_bytes(self, batch_size, max_length):
+        """Bytes of key/value cache `generate` allocates for this batch and length."""
+        itemsize = np.dtype(self.compute_dtype).itemsize if self.compute_dtype != "bfloat16" else 2
+        per_slot = 2 * batch_size * self.backbone.num_key_value_heads * self.backbone.head_dim
+        slots = sum(
+            kv_cache.cache_length(block.sliding_window_size, max_length)
+            for block in self.backbone.transformer_layers
+        )
+        return slots * per_slot * itemsize
+
+    # === Generation ===
+    def generate_step(self, inputs, stop_token_ids=None):
+        """One compilable generation pass over a batch (XLA on JAX and TensorFlow).
+
+        Prefills `self._prefill_length` tokens (a static bucket no longer than any
+        prompt), then samples one token per step from position `prefill + 1` on,
+        keeping prompt tokens where `padding_mask` is True.
+        """
+        token_ids = ops.convert_to_tensor(inputs["token_ids"], "int32")
+        padding_mask = ops.cast(inputs["padding_mask"], "bool")
+        prefill_length = self._prefill_length
+        batch_size = ops.shape(token_ids)[0]
+        cache = self._build_cache(token_ids, prefill_length)
+
+        def next(prompt, cache, index):
+            position = index - 1
+            current = ops.slice(prompt, [0, position], [batch_size, 1])
+            logits, hidden_states, cache = self.call_with_cache(current, cache, position)
+            return ops.squeeze(logits, axis=1), ops.squeeze(hidden_states, axis=1), cache
+
+        token_ids = self.sampler(
+            next=next,
+            prompt=token_ids,
+            cache=cache,
+            index=prefill_length + 1,
+            mask=padding_mask,
+            stop_token_ids=stop_token_ids,
+            model=self,
+        )
+        if stop_token_ids is not None:
+            # Keep everything up to and including the first new stop token.
+            end_locations = ops.cast(
+                _any_equal(token_ids, stop_token_ids, ops.logical_not(padding_mask)), "int32"
+            )
+            after_end = ops.cumsum(end_locations, axis=-1) - end_locations
+            padding_mask = ops.logical_not(ops.cast(after_end, "bool"))
+        else:
+            padding_mask = ops.ones_like(token_ids, dtype="bool")
+        return {"token_ids": token_ids, "padding_mask": padding_mask}
+
+    def make_generate_function(self):
+        """KerasHub's compiled generate function, one per prefill bucket."""
+        base_make = super().make_generate_function
+
+        def generate_function(inputs, stop_token_ids=None):
+            padding_mask = np.asarray(ops.convert_to_numpy(inputs["padding_mask"]))
+            token_ids = np.asarray(ops.convert_to_numpy(inputs["token_ids"]))
+            check = getattr(self.backbone, "check_inputs", None)
+            if check is not None:
+                check({"token_ids": token_ids, "padding_mask": padding_mask})
+            prompt_lengths = padding_mask.astype(bool).sum(axis=-1)
+            if prompt_lengths.min() == 0:
+                raise ValueError(
+                    "Every prompt needs at least one token: received an empty prompt "
+                    f"(prompt lengths {prompt_lengths.tolist()}). Pass non-empty `inputs`."
+                )
+            prefill_length = prefill_bucket(prompt_lengths.min())
+            function = self._generate_functions.get(prefill_length)
+            self._prefill_length = prefill_length  # read while tracing generate_step
+            if function is None:
+                self.generate_function = None
+                function = base_make()
+                self._generate_functions[prefill_length] = function
+            return function(inputs, stop_token_ids=stop_token_ids)
+
+        self.generate_function = generate_function
+        return generate_function
+
+    def generate(self, inputs, max_length=None, stop_token_ids="auto", strip_prompt=False):
+        if max_length is not None and (
+            isinstance(max_length, bool) or not isinstance(max_length, (int, np.integer)) or max_length < 2
+        ):
+            raise ValueError(
+                f"`max_length` must be an int >= 2. Received: max_length={max_length!r}"
+            )
+        return super().generate(
+            inputs, max_length=max_length, stop_token_ids=stop_token_ids, strip_prompt=strip_prompt
+        )
