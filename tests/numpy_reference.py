@@ -49,3 +49,37 @@ def attention(q, k, v, causal=True, window=None, soft_cap=None, padding_mask=Non
             weights = np.where(denom > 0, weights / np.where(denom > 0, denom, 1), 0)
             out[b, :, h] = weights @ v[b, :, kh]
     return out
+
+
+def project_qkv(layer, x):
+    """Queries, keys, values of a GroupedQueryAttention layer, in NumPy (norm + RoPE)."""
+    import keras
+
+    def weight(v):
+        return keras.ops.convert_to_numpy(v)
+
+    q = np.einsum("btd,dnh->btnh", x, weight(layer.query_dense.kernel))
+    k = np.einsum("btd,dnh->btnh", x, weight(layer.key_dense.kernel))
+    v = np.einsum("btd,dnh->btnh", x, weight(layer.value_dense.kernel))
+    if layer.use_query_key_norm:
+        q = rms_norm(q, weight(layer.query_norm.scale))
+        k = rms_norm(k, weight(layer.key_norm.scale))
+    positions = np.arange(x.shape[1])
+    q = rope(q, positions, layer.rope_max_wavelength, layer.rope_scaling_factor)
+    k = rope(k, positions, layer.rope_max_wavelength, layer.rope_scaling_factor)
+    return q, k, v, weight(layer.output_dense.kernel)
+
+
+def masked_attention(q, k, v, allowed, scale, soft_cap=None):
+    """q (B,T,N,H), k/v (B,S,K,H), allowed (T,S) bool."""
+    groups = q.shape[2] // k.shape[2]
+    k = np.repeat(k, groups, axis=2)
+    v = np.repeat(v, groups, axis=2)
+    scores = np.einsum("btnh,bsnh->bnts", q, k) * scale
+    if soft_cap is not None:
+        scores = soft_cap * np.tanh(scores / soft_cap)
+    scores = np.where(allowed, scores, -np.inf)
+    scores = scores - scores.max(-1, keepdims=True)
+    weights = np.exp(scores)
+    weights /= weights.sum(-1, keepdims=True)
+    return np.einsum("bnts,bsnh->btnh", weights, v)

@@ -2,25 +2,13 @@ import keras
 import numpy as np
 import pytest
 
-from numpy_reference import attention, rms_norm, rope
+from numpy_reference import attention, project_qkv
 from vishwam_keras import GroupedQueryAttention
 from vishwam_keras.layers import kv_cache
 
 
 def _numpy_forward(layer, x, padding_mask=None):
-    wq = keras.ops.convert_to_numpy(layer.query_dense.kernel)
-    wk = keras.ops.convert_to_numpy(layer.key_dense.kernel)
-    wv = keras.ops.convert_to_numpy(layer.value_dense.kernel)
-    wo = keras.ops.convert_to_numpy(layer.output_dense.kernel)
-    q = np.einsum("btd,dnh->btnh", x, wq)
-    k = np.einsum("btd,dnh->btnh", x, wk)
-    v = np.einsum("btd,dnh->btnh", x, wv)
-    if layer.use_query_key_norm:
-        q = rms_norm(q, keras.ops.convert_to_numpy(layer.query_norm.scale))
-        k = rms_norm(k, keras.ops.convert_to_numpy(layer.key_norm.scale))
-    positions = np.arange(x.shape[1])
-    q = rope(q, positions, layer.rope_max_wavelength, layer.rope_scaling_factor)
-    k = rope(k, positions, layer.rope_max_wavelength, layer.rope_scaling_factor)
+    q, k, v, wo = project_qkv(layer, x)
     out = attention(
         q, k, v, window=layer.sliding_window_size, soft_cap=layer.logit_soft_cap,
         padding_mask=padding_mask, scale=layer.scale,

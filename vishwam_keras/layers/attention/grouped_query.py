@@ -250,3 +250,131 @@ class GroupedQueryAttention(keras.layers.Layer):
             }
         )
         return config
+
+
+class AttentionType:
+    """Attention kinds of the seed design: `GLOBAL` (whole prefix) or `LOCAL_SLIDING` (window)."""
+
+    GLOBAL = "global"
+    LOCAL_SLIDING = "local_sliding"
+    ALL = (GLOBAL, LOCAL_SLIDING)
+
+
+def _seed_kwargs(embed_dim, num_heads, num_kv_heads, head_dim, use_qk_norm, attn_logits_soft_cap):
+    if not isinstance(embed_dim, int) or isinstance(embed_dim, bool) or embed_dim <= 0:
+        raise ValueError(f"`embed_dim` must be a positive int. Received: embed_dim={embed_dim!r}")
+    if not isinstance(num_heads, int) or isinstance(num_heads, bool) or num_heads <= 0:
+        raise ValueError(f"`num_heads` must be a positive int. Received: num_heads={num_heads!r}")
+    if head_dim is None:
+        if embed_dim % num_heads:
+            raise ValueError(
+                f"`num_heads` must divide `embed_dim` when `head_dim` is not given. Received: "
+                f"embed_dim={embed_dim}, num_heads={num_heads}"
+            )
+        head_dim = embed_dim // num_heads
+    return dict(
+        hidden_dim=embed_dim,
+        num_query_heads=num_heads,
+        num_key_value_heads=num_heads if num_kv_heads is None else num_kv_heads,
+        head_dim=head_dim,
+        use_query_key_norm=use_qk_norm,
+        logit_soft_cap=attn_logits_soft_cap,
+    )
+
+
+@keras.saving.register_keras_serializable(package="vishwam_keras")
+class FlashAttention2(GroupedQueryAttention):
+    """GQA through the block-wise online-softmax kernel (FlashAttention-2, Dao 2023).
+
+    The same layer as `GroupedQueryAttention` with the seed's argument names, forced onto
+    `implementation="blockwise"` (no T x T scores in memory; on TPU/GPU pass
+    `attention_implementation=None` to let the dispatch pick splash or cuDNN).
+
+    Args:
+        embed_dim: int. Model width.
+        num_heads: int. Query heads.
+        num_kv_heads: `None` or int. Key/value heads. Defaults to `num_heads`.
+        head_dim: `None` or int. Defaults to `embed_dim // num_heads`.
+        use_qk_norm: bool. Defaults to `True`.
+        attn_logits_soft_cap: `None` or float. Defaults to `None`.
+        attn_type: `AttentionType.GLOBAL` or `AttentionType.LOCAL_SLIDING`.
+        window_size: int, required for `LOCAL_SLIDING`.
+        **kwargs: other `GroupedQueryAttention` arguments (RoPE, dropout, ...).
+
+    Example:
+    >>> layer = FlashAttention2(embed_dim=32, num_heads=4, num_kv_heads=2,
+    ...     attn_type=AttentionType.LOCAL_SLIDING, window_size=4)
+    >>> layer(keras.ops.ones((1, 10, 32))).shape
+    (1, 10, 32)
+    """
+
+    def __init__(
+        self,
+        embed_dim,
+        num_heads,
+        num_kv_heads=None,
+        head_dim=None,
+        use_qk_norm=True,
+        attn_logits_soft_cap=None,
+        attn_type=AttentionType.GLOBAL,
+        window_size=None,
+        attention_implementation="blockwise",
+        **kwargs,
+    ):
+        if attn_type not in AttentionType.ALL:
+            raise ValueError(
+                f"`attn_type` must be one of {AttentionType.ALL}. Received: attn_type={attn_type!r}"
+            )
+        if attn_type == AttentionType.LOCAL_SLIDING and window_size is None:
+            raise ValueError("`window_size` is required when attn_type is LOCAL_SLIDING.")
+        for name in ("hidden_dim", "num_query_heads", "num_key_value_heads", "use_query_key_norm",
+                     "logit_soft_cap", "sliding_window_size"):
+            kwargs.pop(name, None)  # from_config passes the base names back
+        self.embed_dim, self.num_heads, self.num_kv_heads = embed_dim, num_heads, num_kv_heads
+        self.attn_type, self.window_size = attn_type, window_size
+        super().__init__(
+            **_seed_kwargs(embed_dim, num_heads, num_kv_heads, head_dim, use_qk_norm, attn_logits_soft_cap),
+            sliding_window_size=window_size if attn_type == AttentionType.LOCAL_SLIDING else None,
+            attention_implementation=attention_implementation,
+            **kwargs,
+        )
+
+    def get_config(self):
+        config = super().get_config()
+        for name in ("hidden_dim", "num_query_heads", "num_key_value_heads", "use_query_key_norm",
+                     "logit_soft_cap", "sliding_window_size"):
+            config.pop(name)
+        config.update(
+            {
+                "embed_dim": self.embed_dim,
+                "num_heads": self.num_heads,
+                "num_kv_heads": self.num_kv_heads,
+                "use_qk_norm": self.use_query_key_norm,
+                "attn_logits_soft_cap": self.logit_soft_cap,
+                "attn_type": self.attn_type,
+                "window_size": self.window_size,
+            }
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package="vishwam_keras")
+class SlidingWindowAttention(FlashAttention2):
+    """Local attention within `window_size` tokens, linear in sequence length.
+
+    `FlashAttention2` with `attn_type=LOCAL_SLIDING`: the block-wise kernel visits only
+    the key blocks inside the window, and the decode cache is a ring buffer of
+    `window_size` entries.
+
+    Example:
+    >>> layer = SlidingWindowAttention(embed_dim=32, num_heads=4, window_size=4)
+    >>> layer(keras.ops.ones((1, 10, 32))).shape
+    (1, 10, 32)
+    """
+
+    def __init__(self, embed_dim, num_heads, window_size, **kwargs):
+        kwargs.pop("attn_type", None)
+        super().__init__(
+            embed_dim, num_heads, attn_type=AttentionType.LOCAL_SLIDING, window_size=window_size,
+            **kwargs,
+        )
