@@ -33,3 +33,16 @@ def tiny_backbone_kwargs(**overrides):
     )
     kwargs.update(overrides)
     return kwargs
+
+
+def tiny_vision_backbone(fusion_type="interleave", tokens_per_image=2, **overrides):
+    from vishwam_keras import VishwamBackbone
+    from vishwam_keras.layers.vision_encoder import SigLIPVisionEncoder
+
+    encoder = SigLIPVisionEncoder(
+        image_size=8, patch_size=4, hidden_dim=16, num_layers=1, num_heads=2,
+        intermediate_dim=32, output_dim=32, pooling="map", num_pooled_tokens=tokens_per_image,
+    )
+    kwargs = tiny_backbone_kwargs(vocabulary_size=8192, **overrides)
+    return VishwamBackbone(**kwargs, vision_encoder=encoder, fusion_type=fusion_type,
+                           cross_attn_layers=[1] if fusion_type != "interleave" else None)

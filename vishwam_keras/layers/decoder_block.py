@@ -31,7 +31,8 @@ class DecoderBlock(keras.layers.Layer):
         attention_implementation: `None` or an implementation name. Defaults to `None`.
 
     Call arguments:
-        inputs, padding_mask, span_ids, cache, cache_update_index, training: as for
+        inputs, padding_mask, span_ids, cache, cache_update_index, cache_update_mask,
+        training: as for
         `GroupedQueryAttention`.
 
     Example:
@@ -125,6 +126,7 @@ class DecoderBlock(keras.layers.Layer):
         span_ids=None,
         cache=None,
         cache_update_index=0,
+        cache_update_mask=None,
         training=None,
     ):
         attended = self.attention(
@@ -133,6 +135,7 @@ class DecoderBlock(keras.layers.Layer):
             span_ids=span_ids,
             cache=cache,
             cache_update_index=cache_update_index,
+            cache_update_mask=cache_update_mask,
             training=training,
         )
         if cache is not None:

@@ -42,9 +42,17 @@ def write_prefill(cache, new):
     return ops.roll(tail, shift=(prompt_length - cache_size) % cache_size, axis=1)
 
 
-def write_decode(cache, new, index):
-    """Write one position `index` (scalar tensor) into slot `index % cache_size`."""
+def write_decode(cache, new, index, update_mask=None):
+    """Write one position `index` (scalar tensor) into slot `index % cache_size`.
+
+    `update_mask` `(batch,)`: rows where it is False keep the slot's old content (a prompt
+    token already written by the prefill, whose prefill keys must not be replaced).
+    """
     cache_size = ops.shape(cache)[1]
     slot = ops.mod(ops.cast(index, "int32"), cache_size)
     zero = ops.zeros((), "int32")
-    return ops.slice_update(cache, (zero, slot, zero, zero), ops.cast(new, cache.dtype))
+    new = ops.cast(new, cache.dtype)
+    if update_mask is not None:
+        old = ops.slice(cache, (zero, slot, zero, zero), ops.shape(new))
+        new = ops.where(ops.cast(update_mask, "bool")[:, None, None, None], new, old)
+    return ops.slice_update(cache, (zero, slot, zero, zero), new)

@@ -9,10 +9,14 @@ from keras import ops
 from keras_hub.models import Backbone
 
 from vishwam_keras.layers.decoder_block import DecoderBlock
+from vishwam_keras.layers.fusion import GatedCrossAttentionBlock
+from vishwam_keras.layers.interleave import ImageEmbedding, ImageTokenInterleave
 from vishwam_keras.layers.normalization import RMSNorm
 from vishwam_keras.models.presets import NamedPresetMixin
 
 LAYER_TYPES = ("local", "global")
+FUSION_TYPES = ("interleave", "cross_attention", "adaptive_gate")
+DEFAULT_IMAGE_TOKEN_ID = 6  # `<image_soft_token>` in the bundled vocabulary
 
 
 def default_layer_types(num_layers, sliding_window_pattern):
@@ -94,6 +98,17 @@ class VishwamBackbone(NamedPresetMixin, Backbone):
         dropout: float. Defaults to `0.0`.
         attention_implementation: `None` or an implementation name for
             `vishwam_keras.ops.dot_product_attention`. Defaults to `None` (automatic).
+        vision_encoder: `None` (a text model) or a `SigLIPVisionEncoder` whose
+            `output_dim` is `hidden_dim`. With it the model takes `images`
+            `(batch, num_images, H, W, C)` and `image_mask` `(batch, num_images)` inputs.
+        fusion_type: how images reach the text: `"interleave"` (vision tokens replace
+            `<image_soft_token>` placeholders, bidirectional inside each image),
+            `"cross_attention"` (gated cross-attention blocks after the decoder blocks in
+            `cross_attn_layers`) or `"adaptive_gate"` (both, the cross-attention path gated
+            by `AdaptiveModalityFusion`). Defaults to `"interleave"`.
+        cross_attn_layers: `None` or list of decoder block indices followed by a gated
+            cross-attention block. Defaults to every 4th block when needed.
+        image_token_id: int. Id of the image placeholder token. Defaults to `6`.
         dtype: dtype or `keras.DTypePolicy`. Defaults to the global policy.
 
     Example:
@@ -127,6 +142,10 @@ class VishwamBackbone(NamedPresetMixin, Backbone):
         layer_norm_epsilon=1e-6,
         dropout=0.0,
         attention_implementation=None,
+        vision_encoder=None,
+        fusion_type="interleave",
+        cross_attn_layers=None,
+        image_token_id=DEFAULT_IMAGE_TOKEN_ID,
         dtype=None,
         **kwargs,
     ):
@@ -156,7 +175,28 @@ class VishwamBackbone(NamedPresetMixin, Backbone):
                 f"{LAYER_TYPES}. Received: layer_types={layer_types!r}"
             )
 
+        if fusion_type not in FUSION_TYPES:
+            raise ValueError(
+                f"`fusion_type` must be one of {FUSION_TYPES}. Received: fusion_type={fusion_type!r}"
+            )
+        if vision_encoder is not None and vision_encoder.output_dim != hidden_dim:
+            raise ValueError(
+                "The vision encoder's `output_dim` must equal `hidden_dim`. Received: "
+                f"output_dim={vision_encoder.output_dim}, hidden_dim={hidden_dim}"
+            )
+        uses_cross_attention = vision_encoder is not None and fusion_type != "interleave"
+        if uses_cross_attention and cross_attn_layers is None:
+            cross_attn_layers = list(range(3, num_layers, 4)) or [num_layers - 1]
+        cross_attn_layers = sorted(cross_attn_layers or []) if uses_cross_attention else []
+        bad = [i for i in cross_attn_layers if not 0 <= i < num_layers]
+        if bad:
+            raise ValueError(
+                f"`cross_attn_layers` must be decoder indices in [0, {num_layers}). "
+                f"Received: cross_attn_layers={cross_attn_layers!r}"
+            )
+
         # === Layers ===
+        self.vision_encoder = vision_encoder
         self.token_embedding = keras.layers.ReversibleEmbedding(
             input_dim=vocabulary_size,
             output_dim=hidden_dim,
@@ -192,16 +232,42 @@ class VishwamBackbone(NamedPresetMixin, Backbone):
                 )
             )
         self.final_norm = RMSNorm(layer_norm_epsilon, dtype=dtype, name="final_norm")
+        self.cross_attention_blocks = {
+            i: GatedCrossAttentionBlock(
+                hidden_dim=hidden_dim,
+                num_heads=num_query_heads,
+                head_dim=head_dim,
+                intermediate_dim=intermediate_dim,
+                use_adaptive_gate=fusion_type == "adaptive_gate",
+                num_key_value_heads=num_key_value_heads,
+                use_query_key_norm=use_query_key_norm,
+                layer_norm_epsilon=layer_norm_epsilon,
+                attention_implementation=attention_implementation,
+                dtype=dtype,
+                name=f"cross_attention_{i}",
+            )
+            for i in cross_attn_layers
+        }
+        if vision_encoder is not None:
+            self.image_embedding = ImageEmbedding(vision_encoder, dtype=dtype, name="image_embedding")
+            self.interleave = ImageTokenInterleave(
+                image_token_id, vision_encoder.num_output_tokens, dtype=dtype, name="interleave"
+            )
 
         # === Functional model ===
-        token_id_input = keras.Input(shape=(None,), dtype="int32", name="token_ids")
-        padding_mask_input = keras.Input(shape=(None,), dtype="int32", name="padding_mask")
-        x = self.embed_tokens(token_id_input)
-        for block in self.transformer_layers:
-            x = block(x, padding_mask=padding_mask_input)
-        sequence_output = self.final_norm(x)
+        inputs = {
+            "token_ids": keras.Input(shape=(None,), dtype="int32", name="token_ids"),
+            "padding_mask": keras.Input(shape=(None,), dtype="int32", name="padding_mask"),
+        }
+        if vision_encoder is not None:
+            size, channels = vision_encoder.image_size, vision_encoder.num_channels
+            inputs["images"] = keras.Input(shape=(None, size, size, channels), name="images")
+            inputs["image_mask"] = keras.Input(shape=(None,), dtype="int32", name="image_mask")
+        self.fusion_type = fusion_type
+        self.cross_attn_layers = cross_attn_layers
+        sequence_output = self.decode(inputs)
         super().__init__(
-            inputs={"token_ids": token_id_input, "padding_mask": padding_mask_input},
+            inputs=inputs,
             outputs=sequence_output,
             dtype=dtype,
             **kwargs,
@@ -228,6 +294,37 @@ class VishwamBackbone(NamedPresetMixin, Backbone):
         self.layer_norm_epsilon = layer_norm_epsilon
         self.dropout = dropout
         self.attention_implementation = attention_implementation
+        self.image_token_id = image_token_id
+
+    @property
+    def has_vision(self):
+        return self.vision_encoder is not None
+
+    def encode_images(self, images, image_mask, training=None):
+        """`(vision_tokens, vision_mask, pooled_image, image_present)`; see `ImageEmbedding`."""
+        return self.image_embedding(images, image_mask, training=training)
+
+    def decode(self, inputs, vision=None, training=None):
+        """Embeddings -> (images fused) -> decoder blocks -> final norm, without a cache.
+
+        `vision` optionally passes already encoded images (the output of `encode_images`).
+        """
+        token_ids = inputs["token_ids"]
+        x = self.embed_tokens(token_ids)
+        span_ids = None
+        if self.has_vision:
+            if vision is None:
+                vision = self.encode_images(inputs["images"], inputs["image_mask"], training=training)
+            if self.fusion_type in ("interleave", "adaptive_gate"):
+                x, span_ids = self.interleave(x, token_ids, vision[0])
+        for i, block in enumerate(self.transformer_layers):
+            x = block(x, padding_mask=inputs["padding_mask"], span_ids=span_ids, training=training)
+            if i in self.cross_attention_blocks:
+                x = self.cross_attention_blocks[i](
+                    x, vision[0], vision_mask=vision[1], pooled_image=vision[2],
+                    image_present=vision[3], training=training,
+                )
+        return self.final_norm(x)
 
     def embed_tokens(self, token_ids):
         """Token embeddings scaled by `sqrt(hidden_dim)`, as Gemma."""
@@ -284,6 +381,19 @@ class VishwamBackbone(NamedPresetMixin, Backbone):
                 "layer_norm_epsilon": self.layer_norm_epsilon,
                 "dropout": self.dropout,
                 "attention_implementation": self.attention_implementation,
+                "vision_encoder": None
+                if self.vision_encoder is None
+                else keras.layers.serialize(self.vision_encoder),
+                "fusion_type": self.fusion_type,
+                "cross_attn_layers": self.cross_attn_layers,
+                "image_token_id": self.image_token_id,
             }
         )
         return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        if config.get("vision_encoder") is not None and isinstance(config["vision_encoder"], dict):
+            config["vision_encoder"] = keras.layers.deserialize(config["vision_encoder"])
+        return super().from_config(config)

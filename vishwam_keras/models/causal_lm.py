@@ -29,6 +29,18 @@ def prefill_bucket(min_prompt_length):
     return (limit // 64) * 64
 
 
+def bucket_up(length, limit):
+    """Smallest bucket >= `length` (powers of two below 64, then multiples of 64), <= `limit`."""
+    length = int(length)
+    if length <= 1:
+        bucket = 1
+    elif length <= 64:
+        bucket = 1 << (length - 1).bit_length()
+    else:
+        bucket = -(-length // 64) * 64
+    return min(bucket, int(limit))
+
+
 def _any_equal(tensor, values, mask):
     """True where `tensor` equals any of `values` and `mask` is True."""
     found = ops.zeros_like(tensor, dtype="bool")
@@ -79,20 +91,20 @@ class VishwamCausalLM(NamedPresetMixin, CausalLM):
         super().__init__(inputs=inputs, outputs=logits, **kwargs)
         self._generate_functions = {}
 
-    def compile(self, *args, **kwargs):
-        super().compile(*args, **kwargs)
-        self._generate_functions = {}
-
-    def _post_quantize(self, mode, **kwargs):
-        super()._post_quantize(mode, **kwargs)
-        self._generate_functions = {}
-
     def __call__(self, inputs, *args, **kwargs):
         self.backbone.check_inputs(inputs)
         return super().__call__(inputs, *args, **kwargs)
 
     # === Cached forward pass ===
-    def call_with_cache(self, token_ids, cache, cache_update_index, padding_mask=None):
+    def call_with_cache(
+        self,
+        token_ids,
+        cache,
+        cache_update_index,
+        padding_mask=None,
+        vision=None,
+        cache_update_mask=None,
+    ):
         """Forward pass that reads and updates the per-layer key/value caches.
 
         Args:
@@ -101,39 +113,64 @@ class VishwamCausalLM(NamedPresetMixin, CausalLM):
             cache: tuple with one `(key, value)` pair per decoder block.
             cache_update_index: int or scalar tensor: position of `token_ids[:, 0]`.
             padding_mask: optional `(batch, length)` mask for a prefill.
+            vision: optional output of `backbone.encode_images` (encoded once per batch).
+            cache_update_mask: optional bool `(batch,)` for a decode step; False keeps
+                the prefill's keys of a prompt token.
 
         Returns:
             `(logits, hidden_states, cache)`.
         """
-        x = self.backbone.embed_tokens(token_ids)
+        backbone = self.backbone
+        x = backbone.embed_tokens(token_ids)
+        span_ids = None
+        prefill = token_ids.shape[1] != 1
+        if vision is not None and prefill and backbone.fusion_type != "cross_attention":
+            x, span_ids = backbone.interleave(x, token_ids, vision[0])
         new_cache = []
-        for block, layer_cache in zip(self.backbone.transformer_layers, cache):
+        for i, (block, layer_cache) in enumerate(zip(backbone.transformer_layers, cache)):
             x, layer_cache = block(
                 x,
                 padding_mask=padding_mask,
+                span_ids=span_ids,
                 cache=layer_cache,
                 cache_update_index=cache_update_index,
+                cache_update_mask=None if prefill else cache_update_mask,
             )
             new_cache.append(layer_cache)
-        hidden_states = self.backbone.final_norm(x)
-        logits = self.backbone.token_embedding(hidden_states, reverse=True)
+            if vision is not None and i in backbone.cross_attention_blocks:
+                x = backbone.cross_attention_blocks[i](
+                    x, vision[0], vision_mask=vision[1], pooled_image=vision[2],
+                    image_present=vision[3],
+                )
+        hidden_states = backbone.final_norm(x)
+        logits = backbone.token_embedding(hidden_states, reverse=True)
         return ops.cast(logits, "float32"), hidden_states, tuple(new_cache)
 
-    def _build_cache(self, token_ids, prefill_length):
-        """Empty caches (ring buffers for local layers), then prefill `prefill_length` tokens."""
+    def _build_cache(self, token_ids, prefill_length, ring_extra=0, padding_mask=None, vision=None):
+        """Empty caches, then prefill `prefill_length` tokens.
+
+        Local layers get ring buffers of `sliding_window_size + ring_extra` slots (the
+        extra covers prefilled positions beyond the shortest prompt), global layers the
+        full length.
+        """
         batch_size, max_length = ops.shape(token_ids)[0], token_ids.shape[1]
-        cache = tuple(
-            kv_cache.empty_cache(
-                batch_size,
-                kv_cache.cache_length(block.sliding_window_size, max_length),
-                self.backbone.num_key_value_heads,
-                self.backbone.head_dim,
-                self.compute_dtype,
+        cache = []
+        for block in self.backbone.transformer_layers:
+            window = block.sliding_window_size
+            size = kv_cache.cache_length(None if window is None else window + ring_extra, max_length)
+            cache.append(
+                kv_cache.empty_cache(
+                    batch_size, size, self.backbone.num_key_value_heads,
+                    self.backbone.head_dim, self.compute_dtype,
+                )
             )
-            for block in self.backbone.transformer_layers
-        )
+        cache = tuple(cache)
         if prefill_length > 0:
-            _, _, cache = self.call_with_cache(token_ids[:, :prefill_length], cache, 0)
+            _, _, cache = self.call_with_cache(
+                token_ids[:, :prefill_length], cache, 0,
+                padding_mask=None if padding_mask is None else padding_mask[:, :prefill_length],
+                vision=vision,
+            )
         return cache
 
     def cache_bytes(self, batch_size, max_length):
@@ -150,27 +187,41 @@ class VishwamCausalLM(NamedPresetMixin, CausalLM):
     def generate_step(self, inputs, stop_token_ids=None):
         """One compilable generation pass over a batch (XLA on JAX and TensorFlow).
 
-        Prefills `self._prefill_length` tokens (a static bucket no longer than any
-        prompt), then samples one token per step from position `prefill + 1` on,
-        keeping prompt tokens where `padding_mask` is True.
+        Prefills the first `self._prefill_length` positions in one pass (a static bucket
+        chosen by `make_generate_function`), then samples one token per step from
+        `self._start_index`, keeping prompt tokens where `padding_mask` is True. Images
+        are encoded once, before the loop.
         """
         token_ids = ops.convert_to_tensor(inputs["token_ids"], "int32")
         padding_mask = ops.cast(inputs["padding_mask"], "bool")
-        prefill_length = self._prefill_length
+        prefill_length, start_index = self._prefill_length, self._start_index
         batch_size = ops.shape(token_ids)[0]
-        cache = self._build_cache(token_ids, prefill_length)
+        vision = None
+        if self.backbone.has_vision and inputs.get("images") is not None:
+            if inputs["images"].shape[1]:
+                vision = self.backbone.encode_images(inputs["images"], inputs["image_mask"])
+        cache = self._build_cache(
+            token_ids, prefill_length, self._ring_extra, padding_mask=padding_mask, vision=vision
+        )
 
         def next(prompt, cache, index):
             position = index - 1
             current = ops.slice(prompt, [0, position], [batch_size, 1])
-            logits, hidden_states, cache = self.call_with_cache(current, cache, position)
+            # A prompt token already prefilled keeps its (possibly bidirectional) keys.
+            prompt_token = ops.squeeze(ops.slice(padding_mask, [0, position], [batch_size, 1]), 1)
+            update = ops.logical_or(
+                ops.logical_not(prompt_token), ops.greater_equal(position, prefill_length)
+            )
+            logits, hidden_states, cache = self.call_with_cache(
+                current, cache, position, vision=vision, cache_update_mask=update
+            )
             return ops.squeeze(logits, axis=1), ops.squeeze(hidden_states, axis=1), cache
 
         token_ids = self.sampler(
             next=next,
             prompt=token_ids,
             cache=cache,
-            index=prefill_length + 1,
+            index=start_index,
             mask=padding_mask,
             stop_token_ids=stop_token_ids,
             model=self,
@@ -186,29 +237,51 @@ class VishwamCausalLM(NamedPresetMixin, CausalLM):
             padding_mask = ops.ones_like(token_ids, dtype="bool")
         return {"token_ids": token_ids, "padding_mask": padding_mask}
 
+    def _plan_generation(self, token_ids, padding_mask, has_images):
+        """Static prefill length, first sampled index and ring-buffer slack for a batch.
+
+        Text-only: prefill a bucket no longer than the shortest prompt (minus one), so
+        ring buffers stay at the window size. With images: prefill past the last image
+        token of every row, so each image is encoded with bidirectional attention in one
+        pass; local caches then grow by how far the prefill passes the shortest prompt.
+        """
+        lengths = padding_mask.astype(bool).sum(axis=-1)
+        min_length, max_length = int(lengths.min()), token_ids.shape[1]
+        prefill_length = prefill_bucket(min_length)
+        if has_images:
+            is_image = token_ids == self.backbone.image_token_id
+            last = max((int(np.nonzero(row)[0].max()) + 1 if row.any() else 0) for row in is_image)
+            prefill_length = max(prefill_length, bucket_up(last, max_length) if last else 0)
+        start_index = min(prefill_length, min_length - 1) + 1
+        ring_extra = max(0, prefill_length - min_length + 1)
+        return prefill_length, start_index, ring_extra
+
     def make_generate_function(self):
-        """KerasHub's compiled generate function, one per prefill bucket."""
+        """KerasHub's compiled generate function, one per (prefill, start, ring) plan."""
         base_make = super().make_generate_function
+        if self.generate_function is None:  # reset by compile() or quantize()
+            self._generate_functions = {}
 
         def generate_function(inputs, stop_token_ids=None):
             padding_mask = np.asarray(ops.convert_to_numpy(inputs["padding_mask"]))
             token_ids = np.asarray(ops.convert_to_numpy(inputs["token_ids"]))
-            check = getattr(self.backbone, "check_inputs", None)
-            if check is not None:
-                check({"token_ids": token_ids, "padding_mask": padding_mask})
+            self.backbone.check_inputs({"token_ids": token_ids, "padding_mask": padding_mask})
             prompt_lengths = padding_mask.astype(bool).sum(axis=-1)
             if prompt_lengths.min() == 0:
                 raise ValueError(
                     "Every prompt needs at least one token: received an empty prompt "
                     f"(prompt lengths {prompt_lengths.tolist()}). Pass non-empty `inputs`."
                 )
-            prefill_length = prefill_bucket(prompt_lengths.min())
-            function = self._generate_functions.get(prefill_length)
-            self._prefill_length = prefill_length  # read while tracing generate_step
+            images = inputs.get("images") if isinstance(inputs, dict) else None
+            has_images = self.backbone.has_vision and images is not None and images.shape[1] > 0
+            plan = self._plan_generation(token_ids, padding_mask, has_images)
+            self._prefill_length, self._start_index, self._ring_extra = plan  # read while tracing
+            function = self._generate_functions.get(plan)
             if function is None:
                 self.generate_function = None
                 function = base_make()
-                self._generate_functions[prefill_length] = function
+                self._generate_functions[plan] = function
+                self.generate_function = generate_function
             return function(inputs, stop_token_ids=stop_token_ids)
 
         self.generate_function = generate_function

@@ -56,6 +56,8 @@ class GroupedQueryAttention(keras.layers.Layer):
             cache, a call of several tokens is a prefill (it must start at index 0) and a
             call of one token is a decode step at `cache_update_index`.
         cache_update_index: int or scalar tensor, position of the first input token.
+        cache_update_mask: optional bool `(batch,)` for a decode step: rows where it is
+            False do not overwrite the cache slot (their prompt keys came from the prefill).
         training: bool.
 
     Returns:
@@ -187,6 +189,7 @@ class GroupedQueryAttention(keras.layers.Layer):
         span_ids=None,
         cache=None,
         cache_update_index=0,
+        cache_update_mask=None,
         training=None,
     ):
         length = inputs.shape[1]
@@ -210,8 +213,8 @@ class GroupedQueryAttention(keras.layers.Layer):
                     kv_cache.write_prefill(cache[1], value),
                 )
         else:
-            key_cache = kv_cache.write_decode(cache[0], key, index)
-            value_cache = kv_cache.write_decode(cache[1], value, index)
+            key_cache = kv_cache.write_decode(cache[0], key, index, cache_update_mask)
+            value_cache = kv_cache.write_decode(cache[1], value, index, cache_update_mask)
             cache = (key_cache, value_cache)
             key_positions = kv_cache.slot_positions(key_cache.shape[1], index)
             output = self._attend(

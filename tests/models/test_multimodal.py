@@ -1,0 +1,156 @@
+import os
+
+import keras
+import numpy as np
+import pytest
+
+from conftest import tiny_vision_backbone
+from vishwam_keras import VishwamCausalLM, VishwamCausalLMPreprocessor
+from vishwam_keras.models.image_converter import VishwamImageConverter
+
+IMG = 6  # <image_soft_token>
+SOI, EOI = 4, 5
+
+
+def _batch(images_per_row=(1, 2, 0), tokens_per_image=2, length=16):
+    """Token rows with image spans (<soi> IMG*N <eoi>) followed by text."""
+    rows, max_images = [], max(images_per_row)
+    for count in images_per_row:
+        row = [2]
+        for _ in range(count):
+            row += [SOI] + [IMG] * tokens_per_image + [EOI]
+        row += list(np.random.randint(20, 200, 3))
+        rows.append(row)
+    token_ids = np.zeros((len(rows), length), "int32")
+    padding_mask = np.zeros((len(rows), length), "int32")
+    for i, row in enumerate(rows):
+        token_ids[i, : len(row)] = row
+        padding_mask[i, : len(row)] = 1
+    images = np.random.uniform(-1, 1, (len(rows), max_images, 8, 8, 3)).astype("float32")
+    image_mask = (np.arange(max_images)[None] < np.array(images_per_row)[:, None]).astype("int32")
+    return {"token_ids": token_ids, "padding_mask": padding_mask, "images": images, "image_mask": image_mask}
+
+
+def _np(x):
+    return keras.ops.convert_to_numpy(x)
+
+
+def test_interleave_places_image_tokens_in_order():
+    backbone = tiny_vision_backbone()
+    x = _batch((2,))
+    vision = backbone.encode_images(x["images"], x["image_mask"])
+    embeddings = backbone.embed_tokens(x["token_ids"])
+    mixed, span_ids = backbone.interleave(embeddings, x["token_ids"], vision[0])
+    positions = np.nonzero(x["token_ids"][0] == IMG)[0]
+    np.testing.assert_allclose(_np(mixed)[0, positions], _np(vision[0])[0], atol=1e-6)
+    assert _np(span_ids)[0, positions].tolist() == [1, 1, 2, 2]
+    text = x["token_ids"][0] != IMG
+    np.testing.assert_allclose(_np(mixed)[0, text], _np(embeddings)[0, text], atol=1e-6)
+
+
+def test_attention_is_bidirectional_inside_an_image_and_causal_elsewhere():
+    backbone = tiny_vision_backbone(tokens_per_image=3)
+    x = _batch((2,), tokens_per_image=3)
+    vision = list(backbone.encode_images(x["images"], x["image_mask"]))
+    base = _np(backbone.decode(x, vision=vision))
+    perturbed = _np(vision[0]).copy()
+    perturbed[:, 2] += 1.0  # the last token of the first image
+    vision[0] = keras.ops.convert_to_tensor(perturbed)
+    changed = np.abs(_np(backbone.decode(x, vision=vision)) - base).max(-1)[0] > 1e-6
+    positions = np.nonzero(x["token_ids"][0] == IMG)[0]
+    first_image, second_image = positions[:3], positions[3:]
+    assert changed[first_image].all()  # earlier tokens of the same image see it
+    assert not changed[: first_image[0]].any()  # text before the image does not
+    assert changed[second_image].all() and changed[second_image[-1] + 1 :].any()
+
+
+@pytest.mark.parametrize("fusion_type", ["cross_attention", "adaptive_gate"])
+def test_gated_fusion_is_identity_at_init_and_opens_after_training(fusion_type):
+    backbone = tiny_vision_backbone(fusion_type)
+    lm = VishwamCausalLM(backbone)
+    x = _batch((1, 1))
+    x["token_ids"][x["token_ids"] == IMG] = 30  # cross-attention only: no placeholders
+    text_only = dict(x, images=np.zeros((2, 0, 8, 8, 3), "float32"), image_mask=np.zeros((2, 0), "int32"))
+    np.testing.assert_array_equal(_np(lm(x)), _np(lm(text_only)))
+    lm.compile(optimizer=keras.optimizers.Adam(1e-2), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    lm.fit(x, x["token_ids"], epochs=1, batch_size=2, verbose=0)
+    assert np.abs(_np(lm(x)) - _np(lm(text_only))).max() > 1e-6
+
+
+def test_mixed_batches_fit_predict_and_generate():
+    lm = VishwamCausalLM(tiny_vision_backbone("adaptive_gate"))
+    lm.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), sampler="greedy")
+    x = _batch((0, 1, 2))
+    lm.fit(x, x["token_ids"], batch_size=3, epochs=1, verbose=0)
+    assert lm.predict(x, verbose=0).shape == (3, 16, 8192)
+    out = lm.generate(x, stop_token_ids=None)
+    assert out["token_ids"].shape == (3, 16)
+
+
+@pytest.mark.parametrize("fusion_type", ["interleave", "adaptive_gate"])
+def test_cached_multimodal_generate_equals_full_recomputation(fusion_type):
+    lm = VishwamCausalLM(tiny_vision_backbone(fusion_type))
+    lm.compile(sampler="greedy")
+    x = _batch((1, 2, 0), length=20)
+    out = np.asarray(lm.generate(x, stop_token_ids=None)["token_ids"])
+    full = _np(lm(dict(x, token_ids=out, padding_mask=np.ones_like(out))))
+    lengths = x["padding_mask"].sum(-1)
+    for row, length in enumerate(lengths):
+        np.testing.assert_array_equal(out[row, :length], x["token_ids"][row, :length])
+        np.testing.assert_array_equal(out[row, length:], full[row, length - 1 : 19].argmax(-1))
+
+
+def test_keras_and_preset_save_load_with_images(tmp_path):
+    preprocessor = VishwamCausalLMPreprocessor.from_preset("vishwam_1b", sequence_length=24)
+    preprocessor.image_converter = VishwamImageConverter(image_size=8)
+    preprocessor.num_vision_tokens_per_image = 2
+    lm = VishwamCausalLM(tiny_vision_backbone("adaptive_gate"), preprocessor=preprocessor)
+    x = _batch((1, 2))
+    path = os.path.join(tmp_path, "model.keras")
+    lm.save(path)
+    restored = keras.saving.load_model(path)
+    np.testing.assert_allclose(_np(lm(x)), _np(restored(x)), atol=1e-5)
+    lm.save_to_preset(str(tmp_path / "preset"))
+    from_preset = VishwamCausalLM.from_preset(str(tmp_path / "preset"))
+    np.testing.assert_allclose(_np(lm(x)), _np(from_preset(x)), atol=1e-5)
+    assert from_preset.preprocessor.image_converter is not None
+
+
+def test_generate_with_strings_and_images():
+    preprocessor = VishwamCausalLMPreprocessor.from_preset("vishwam_1b", sequence_length=32)
+    preprocessor.image_converter = VishwamImageConverter(image_size=8)
+    preprocessor.num_vision_tokens_per_image = 2
+    lm = VishwamCausalLM(tiny_vision_backbone("interleave"), preprocessor=preprocessor)
+    lm.compile(sampler="greedy")
+    image = np.random.randint(0, 255, (20, 24, 1)).astype("uint8")  # any size, grayscale
+    out = lm.generate(
+        {"prompts": ["<start_of_image> What is this?", "No image here."], "images": [[image], []]},
+        max_length=32,
+    )
+    assert len(out) == 2 and all(isinstance(text, str) for text in out)
+    # fit on prompts/responses with images: only response tokens carry loss weight
+    x, y, w = preprocessor(
+        {"prompts": ["<start_of_image> Caption:"], "responses": [" a shoe"],
+         "images": np.zeros((1, 1, 20, 20, 3), "uint8")}
+    )
+    w = np.asarray(w)[0]
+    assert w.sum() == len(np.asarray(preprocessor.tokenizer(" a shoe"))) + 1  # + <eos>
+    assert not w[np.asarray(y)[0] == IMG].any() and (np.asarray(y)[0] == IMG).sum() == 2
+
+
+@pytest.mark.parametrize(
+    "inputs,error,match",
+    [
+        ({"prompts": ["two images"], "images": [[np.zeros((8, 8, 3))]]}, ValueError, "placeholder"),
+        ({"prompts": ["<start_of_image> where?"], "images": [[]]}, ValueError, "placeholder"),
+        ({"prompts": ["<start_of_image>"], "images": [[np.full((8, 8, 3), np.nan)]]}, ValueError, "NaN|finite|Inf"),
+        ({"prompts": ["<start_of_image>"], "images": [[np.zeros((2, 8, 8, 3, 1))]]}, ValueError, "images|shape|rank"),
+    ],
+)
+def test_bad_multimodal_inputs(inputs, error, match):
+    preprocessor = VishwamCausalLMPreprocessor.from_preset("vishwam_1b", sequence_length=16)
+    preprocessor.image_converter = VishwamImageConverter(image_size=8)
+    preprocessor.num_vision_tokens_per_image = 2
+    lm = VishwamCausalLM(tiny_vision_backbone(), preprocessor=preprocessor)
+    with pytest.raises(error, match=match):
+        lm.generate(inputs, max_length=16)
