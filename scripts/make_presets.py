@@ -16,6 +16,8 @@ import keras
 import keras_hub
 
 from vishwam_keras import config as config_lib
+from vishwam_keras.layers.vision_encoder import SigLIPVisionEncoder
+from vishwam_keras.models.image_converter import VishwamImageConverter
 from vishwam_keras.models.preprocessor import VishwamCausalLMPreprocessor
 from vishwam_keras.models.tokenizer import VishwamTokenizer, default_vocabulary_path
 
@@ -28,11 +30,13 @@ PRESETS = {
     ),
     "vishwam_4b": (
         config_lib.VISHWAM_4B_CONFIG,
-        "4B model, Gemma-3-4B-like shapes (GQA 8/4, head_dim 256, window 1024, 5:1 local:global).",
+        "4B multimodal model, Gemma-3-4B-like text (GQA 8/4, head_dim 256, window 1024, 5:1 "
+        "local:global) + SigLIP-So400m-shaped encoder (896 px, 256 tokens), adaptive-gate fusion.",
     ),
     "vishwam_12b": (
         config_lib.VISHWAM_12B_CONFIG,
-        "12B model, Gemma-3-12B-like shapes (GQA 16/8, head_dim 256, window 1024, 5:1 local:global).",
+        "12B multimodal model, Gemma-3-12B-like text (GQA 16/8, head_dim 256, window 1024, 5:1 "
+        "local:global) + SigLIP-So400m-shaped encoder (896 px, 256 tokens), adaptive-gate fusion.",
     ),
 }
 
@@ -42,6 +46,12 @@ def backbone_config(model_config):
     config.update(model_config.to_backbone_kwargs())
     if config["layer_types"] is None:
         del config["layer_types"]
+    vision = model_config.vision_encoder_kwargs()
+    if vision is not None:  # serialised unbuilt: no weights are allocated
+        encoder = SigLIPVisionEncoder(**vision, name="vision_encoder")
+        config["vision_encoder"] = keras.layers.serialize(encoder)
+        config["fusion_type"] = model_config.fusion_type
+        config["cross_attn_layers"] = model_config.cross_attn_layers
     return {
         "module": "vishwam_keras.models.backbone",
         "class_name": "VishwamBackbone",
@@ -59,16 +69,25 @@ def write_preset(name, model_config, description, sequence_length=8192):
             f"{name}: vocabulary_size {model_config.vocabulary_size} does not match the "
             f"tokenizer's {tokenizer.vocabulary_size()}"
         )
-    VishwamCausalLMPreprocessor(tokenizer, sequence_length=sequence_length).save_to_preset(
-        str(directory)
-    )
+    vision = model_config.vision_encoder_kwargs()
+    image_converter = None
+    if vision is not None:
+        image_converter = VishwamImageConverter(image_size=model_config.image_size)
+    VishwamCausalLMPreprocessor(
+        tokenizer,
+        image_converter=image_converter,
+        sequence_length=sequence_length,
+        num_vision_tokens_per_image=model_config.num_vision_tokens if vision else 1,
+    ).save_to_preset(str(directory))
     with open(directory / "config.json", "w") as f:
         json.dump(backbone_config(model_config), f, indent=4)
     metadata = {
         "keras_version": keras.__version__,
         "keras_hub_version": keras_hub.__version__,
         "parameter_count": model_config.num_parameters(),
-        "text_parameter_count": model_config.num_parameters(),
+        "text_parameter_count": config_lib.count_backbone_parameters(
+            **model_config.to_backbone_kwargs()
+        ),
         "description": description,
         "has_weights": False,
         "date_saved": datetime.date.today().isoformat(),

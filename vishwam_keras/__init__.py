@@ -9,20 +9,38 @@ from vishwam_keras.config import (
     GEMMA_4B_MULTIMODAL_CONFIG,
     GEMMA_12B_MULTIMODAL_CONFIG,
     MODEL_CONFIGS,
+    VISHWAM_1B_CONFIG,
+    VISHWAM_4B_CONFIG,
+    VISHWAM_12B_CONFIG,
     TINY_CONFIG,
     MultimodalConfig,
     count_backbone_parameters,
 )
-from vishwam_keras.layers.attention.grouped_query import GroupedQueryAttention
+from vishwam_keras.layers.attention.cross_modal import CrossModalAttention
+from vishwam_keras.layers.attention.factory import create_attention_layer
+from vishwam_keras.layers.attention.grouped_query import (
+    AttentionType,
+    FlashAttention2,
+    GroupedQueryAttention,
+    SlidingWindowAttention,
+)
+from vishwam_keras.layers.attention.multi_scale import MultiScaleAttention
+from vishwam_keras.layers.attention.sparse import SparseAttention
 from vishwam_keras.layers.decoder_block import DecoderBlock
 from vishwam_keras.layers.feedforward import GatedFeedForward
+from vishwam_keras.layers.fusion import AdaptiveModalityFusion, GatedCrossAttentionBlock
 from vishwam_keras.layers.normalization import RMSNorm
 from vishwam_keras.layers.rotary import RotaryEmbedding
+from vishwam_keras.layers.vision_encoder import SigLIPVisionEncoder
 from vishwam_keras.models.backbone import VishwamBackbone
 from vishwam_keras.models.causal_lm import VishwamCausalLM
 from vishwam_keras.models.factory import create_multimodal_model
+from vishwam_keras.models.image_converter import VishwamImageConverter
 from vishwam_keras.models.preprocessor import VishwamCausalLMPreprocessor
 from vishwam_keras.models.presets import available_presets
 from vishwam_keras.models.tokenizer import VishwamTokenizer
+
+# Seed-design names for the same classes.
+AdvancedRoPE = RotaryEmbedding
 
 __version__ = "0.1.0"

@@ -39,6 +39,18 @@ class MultimodalConfig:
     dropout: float = 0.0
     attention_implementation: Optional[str] = None
     layer_types: Optional[List[str]] = None
+    # Vision (a text-only model when `vision_embed_dim` is None).
+    vision_embed_dim: Optional[int] = None
+    vision_num_layers: int = 2
+    vision_num_heads: int = 4
+    vision_intermediate_dim: Optional[int] = None
+    image_size: int = 224
+    patch_size: int = 14
+    vision_pooling: Optional[str] = "avg"
+    num_vision_tokens: int = 16
+    num_channels: int = 3
+    fusion_type: str = "interleave"
+    cross_attn_layers: Optional[List[int]] = None
 
     def __post_init__(self):
         for name in ("embed_dim", "num_heads", "num_layers", "vocabulary_size", "sliding_window_size"):
@@ -56,6 +68,28 @@ class MultimodalConfig:
             self.head_dim = self.embed_dim // self.num_heads
         if self.intermediate_dim is None:
             self.intermediate_dim = 4 * self.embed_dim
+        if self.vision_embed_dim is not None and self.vision_intermediate_dim is None:
+            self.vision_intermediate_dim = 4 * self.vision_embed_dim
+        if self.cross_attn_layers is not None:
+            self.cross_attn_layers = [i for i in self.cross_attn_layers if i < self.num_layers]
+
+    def vision_encoder_kwargs(self):
+        """`SigLIPVisionEncoder` arguments, or None for a text-only config."""
+        if self.vision_embed_dim is None:
+            return None
+        return dict(
+            image_size=self.image_size,
+            patch_size=self.patch_size,
+            hidden_dim=self.vision_embed_dim,
+            num_layers=self.vision_num_layers,
+            num_heads=self.vision_num_heads,
+            intermediate_dim=self.vision_intermediate_dim,
+            output_dim=self.embed_dim,
+            pooling=self.vision_pooling,
+            num_pooled_tokens=self.num_vision_tokens,
+            num_channels=self.num_channels,
+            layer_norm_epsilon=self.layer_norm_epsilon,
+        )
 
     def to_backbone_kwargs(self):
         layer_types = self.layer_types
@@ -84,8 +118,35 @@ class MultimodalConfig:
             attention_implementation=self.attention_implementation,
         )
 
+    def build_backbone(self, dtype=None):
+        """A `VishwamBackbone` (with its vision encoder, if any) for this config."""
+        from vishwam_keras.layers.vision_encoder import SigLIPVisionEncoder
+        from vishwam_keras.models.backbone import VishwamBackbone
+
+        kwargs = self.to_backbone_kwargs()
+        vision = self.vision_encoder_kwargs()
+        if vision is not None:
+            kwargs["vision_encoder"] = SigLIPVisionEncoder(**vision, dtype=dtype, name="vision_encoder")
+            kwargs["fusion_type"] = self.fusion_type
+            kwargs["cross_attn_layers"] = self.cross_attn_layers
+        return VishwamBackbone(**kwargs, dtype=dtype)
+
     def num_parameters(self):
-        return count_backbone_parameters(**self.to_backbone_kwargs())
+        text = count_backbone_parameters(**self.to_backbone_kwargs())
+        vision = self.vision_encoder_kwargs()
+        if vision is None:
+            return text
+        count = text + count_vision_encoder_parameters(**vision)
+        if self.fusion_type != "interleave":
+            blocks = self.cross_attn_layers
+            if blocks is None:
+                blocks = list(range(3, self.num_layers, 4)) or [self.num_layers - 1]
+            count += len(blocks) * count_cross_attention_block_parameters(
+                self.embed_dim, self.num_heads, self.num_kv_heads, self.head_dim,
+                self.intermediate_dim, adaptive=self.fusion_type == "adaptive_gate",
+                use_query_key_norm=self.use_qk_norm,
+            )
+        return count
 
 
 def count_backbone_parameters(
@@ -109,6 +170,49 @@ def count_backbone_parameters(
     return vocabulary_size * d + num_layers * per_layer + d
 
 
+def count_vision_encoder_parameters(
+    image_size, patch_size, hidden_dim, num_layers, num_heads, intermediate_dim, output_dim,
+    pooling="map", num_pooled_tokens=1, num_channels=3, **unused,
+):
+    """Parameters of a `SigLIPVisionEncoder`, from its config."""
+    d, f = hidden_dim, intermediate_dim
+    attention = 4 * d * d + 4 * d  # q, k, v, o with biases
+    mlp = 2 * d * f + f + d
+    block = 4 * d + attention + mlp  # two LayerNorms
+    count = patch_size * patch_size * num_channels * d + d  # patch conv
+    count += (image_size // patch_size) ** 2 * d  # position embeddings
+    count += num_layers * block + 2 * d  # blocks, final LayerNorm
+    if pooling == "map":
+        count += num_pooled_tokens * d + attention + 2 * d + mlp
+    return count + d + d * output_dim  # projector: RMSNorm + Dense
+
+
+def count_cross_attention_block_parameters(
+    hidden_dim, num_heads, num_key_value_heads, head_dim, intermediate_dim,
+    adaptive=False, use_query_key_norm=True, gate_hidden_dim=None,
+):
+    """Parameters of a `GatedCrossAttentionBlock` (vision tokens at the text width)."""
+    d = hidden_dim
+    attention = d * head_dim * (2 * num_heads + 2 * num_key_value_heads)
+    attention += 2 * head_dim if use_query_key_norm else 0
+    count = 2 * d + attention + 3 * d * intermediate_dim + 1  # norms, attention, FFN, FFN gate
+    if adaptive:
+        g = gate_hidden_dim or max(d // 4, 1)
+        count += 1 + 2 * d + 2 * d * g + g + g + 1
+    else:
+        count += 1
+    return count
+
+
+# SigLIP-So400m-shaped encoder, as Gemma 3 uses: 896 px, patch 14, 27 layers, width 1152,
+# average-pooled from 64 x 64 patches to 256 tokens.
+SO400M_VISION = dict(
+    vision_embed_dim=1152, vision_num_layers=27, vision_num_heads=16,
+    vision_intermediate_dim=4304, image_size=896, patch_size=14,
+    vision_pooling="avg", num_vision_tokens=256,
+)
+SEED_CROSS_ATTN_LAYERS = [4, 8, 12, 16, 20]
+
 # Gemma-3-like shapes (GQA, head_dim 256, 5:1 local:global) with our 8k vocabulary; layer
 # counts chosen so the totals land on the names (recorded in each preset's metadata.json).
 VISHWAM_1B_CONFIG = MultimodalConfig(
@@ -116,12 +220,14 @@ VISHWAM_1B_CONFIG = MultimodalConfig(
     intermediate_dim=6912, sliding_window_size=512, global_rope_scaling_factor=1.0,
 )
 VISHWAM_4B_CONFIG = MultimodalConfig(
-    embed_dim=2560, num_heads=8, num_kv_heads=4, head_dim=256, num_layers=40,
-    intermediate_dim=10240, sliding_window_size=1024,
+    embed_dim=2560, num_heads=8, num_kv_heads=4, head_dim=256, num_layers=34,
+    intermediate_dim=10240, sliding_window_size=1024, **SO400M_VISION,
+    fusion_type="adaptive_gate", cross_attn_layers=SEED_CROSS_ATTN_LAYERS,
 )
 VISHWAM_12B_CONFIG = MultimodalConfig(
-    embed_dim=3840, num_heads=16, num_kv_heads=8, head_dim=256, num_layers=54,
-    intermediate_dim=15360, sliding_window_size=1024,
+    embed_dim=3840, num_heads=16, num_kv_heads=8, head_dim=256, num_layers=48,
+    intermediate_dim=15360, sliding_window_size=1024, **SO400M_VISION,
+    fusion_type="adaptive_gate", cross_attn_layers=SEED_CROSS_ATTN_LAYERS,
 )
 GEMMA_1B_TEXT_CONFIG = VISHWAM_1B_CONFIG
 GEMMA_4B_MULTIMODAL_CONFIG = VISHWAM_4B_CONFIG

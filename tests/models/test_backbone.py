@@ -78,6 +78,18 @@ def test_parameter_count_function_matches_count_params(overrides):
     assert count_backbone_parameters(**kwargs) == VishwamBackbone(**kwargs).count_params()
 
 
+@pytest.mark.parametrize("fusion_type", ["interleave", "cross_attention", "adaptive_gate"])
+@pytest.mark.parametrize("pooling,tokens", [("map", 2), ("avg", 4), (None, 1)])
+def test_multimodal_parameter_count_matches_count_params(fusion_type, pooling, tokens):
+    config = MultimodalConfig(
+        embed_dim=32, num_heads=4, num_kv_heads=2, num_layers=3, vocabulary_size=97,
+        sliding_window_size=4, vision_embed_dim=16, vision_num_layers=1, vision_num_heads=2,
+        image_size=8, patch_size=2, vision_pooling=pooling, num_vision_tokens=tokens,
+        fusion_type=fusion_type, cross_attn_layers=[0, 2],
+    )
+    assert config.num_parameters() == config.build_backbone().count_params()
+
+
 @pytest.mark.parametrize("name,target", [("vishwam_1b", 1e9), ("vishwam_4b", 4e9), ("vishwam_12b", 12e9)])
 def test_named_configs_are_within_ten_percent(name, target):
     count = MODEL_CONFIGS[name].num_parameters()

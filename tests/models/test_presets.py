@@ -8,6 +8,7 @@ import pytest
 
 from conftest import tiny_backbone_kwargs
 from vishwam_keras import (
+    MODEL_CONFIGS,
     VishwamBackbone,
     VishwamCausalLM,
     VishwamCausalLMPreprocessor,
@@ -24,9 +25,12 @@ def test_shipped_preset_metadata_and_config(name, target):
     folder = presets.resolve_preset(name)
     with open(os.path.join(folder, "config.json")) as f:
         config = json.load(f)["config"]
-    count = count_backbone_parameters(**config)
+    count = MODEL_CONFIGS[name].num_parameters()
     assert abs(count - target) / target <= 0.10
     assert presets.preset_metadata(name)["parameter_count"] == count
+    if name != "vishwam_1b":  # the multimodal presets carry a So400m-shaped encoder
+        assert config["vision_encoder"]["config"]["num_layers"] == 27
+        assert config["fusion_type"] == "adaptive_gate"
     assert config["head_dim"] == 256 and config["sliding_window_pattern"] == 6
     assert config["num_query_heads"] % config["num_key_value_heads"] == 0
 
@@ -107,4 +111,5 @@ def test_prompt_longer_than_max_length_is_a_clear_error():
 def test_vishwam_4b_loads_by_name_and_generates():
     lm = VishwamCausalLM.from_preset("vishwam_4b", dtype="bfloat16")
     assert abs(lm.backbone.count_params() - 4e9) / 4e9 <= 0.10
+    assert lm.backbone.has_vision
     assert isinstance(lm.generate("To be", max_length=6), str)

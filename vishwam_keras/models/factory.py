@@ -4,7 +4,6 @@ Builds a `VishwamCausalLM` (with its backbone) from `MultimodalConfig` fields.
 """
 
 from vishwam_keras.config import MultimodalConfig
-from vishwam_keras.models.backbone import VishwamBackbone
 from vishwam_keras.models.causal_lm import VishwamCausalLM
 
 
@@ -35,5 +34,4 @@ def create_multimodal_model(config=None, preprocessor=None, dtype=None, **config
         config = MultimodalConfig(**config_fields)
     elif config_fields:
         raise TypeError("Pass either `config` or config fields, not both.")
-    backbone = VishwamBackbone(**config.to_backbone_kwargs(), dtype=dtype)
-    return VishwamCausalLM(backbone, preprocessor=preprocessor)
+    return VishwamCausalLM(config.build_backbone(dtype=dtype), preprocessor=preprocessor)
