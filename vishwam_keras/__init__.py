@@ -29,12 +29,15 @@ from vishwam_keras.layers.attention.sparse import SparseAttention
 from vishwam_keras.layers.decoder_block import DecoderBlock
 from vishwam_keras.layers.feedforward import GatedFeedForward
 from vishwam_keras.layers.fusion import AdaptiveModalityFusion, GatedCrossAttentionBlock
-from vishwam_keras.layers.normalization import RMSNorm
+from vishwam_keras.layers.normalization import QueryKeyNormalization, RMSNorm
 from vishwam_keras.layers.rotary import RotaryEmbedding
 from vishwam_keras.layers.vision_encoder import SigLIPVisionEncoder
 from vishwam_keras.models.backbone import VishwamBackbone
 from vishwam_keras.models.causal_lm import VishwamCausalLM
-from vishwam_keras.models.factory import create_multimodal_model
+from vishwam_keras.models.factory import (
+    GemmaInspiredMultimodalTransformer,
+    create_multimodal_model,
+)
 from vishwam_keras.models.image_converter import VishwamImageConverter
 from vishwam_keras.models.preprocessor import VishwamCausalLMPreprocessor
 from vishwam_keras.models.presets import available_presets

@@ -50,3 +50,47 @@ class RMSNorm(keras.layers.Layer):
         config = super().get_config()
         config.update({"epsilon": self.epsilon})
         return config
+
+
+@keras.saving.register_keras_serializable(package="vishwam_keras")
+class QueryKeyNormalization(keras.layers.Layer):
+    """QK-norm: RMS-normalise queries and keys per head, each with its own scale.
+
+    Keeps attention logits bounded as weights grow (Dehghani et al., 2023; Gemma 3).
+    `GroupedQueryAttention(use_query_key_norm=True)` does the same inside attention.
+
+    Args:
+        epsilon: float. Defaults to `1e-6`.
+
+    Call arguments:
+        query: tensor `(..., head_dim)`.
+        key: tensor `(..., head_dim)`.
+
+    Example:
+    >>> qk_norm = QueryKeyNormalization()
+    >>> q, k = qk_norm(keras.ops.ones((1, 3, 2, 8)), keras.ops.ones((1, 3, 1, 8)))
+    >>> q.shape, k.shape
+    ((1, 3, 2, 8), (1, 3, 1, 8))
+    """
+
+    def __init__(self, epsilon=1e-6, **kwargs):
+        super().__init__(**kwargs)
+        self.epsilon = epsilon
+        self.query_norm = RMSNorm(epsilon, name="query_norm", dtype=self.dtype_policy)
+        self.key_norm = RMSNorm(epsilon, name="key_norm", dtype=self.dtype_policy)
+
+    def build(self, query_shape, key_shape=None):
+        self.query_norm.build(query_shape)
+        self.key_norm.build(key_shape or query_shape)
+        self.built = True
+
+    def call(self, query, key):
+        return self.query_norm(query), self.key_norm(key)
+
+    def compute_output_shape(self, query_shape, key_shape=None):
+        return query_shape, key_shape or query_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"epsilon": self.epsilon})
+        return config

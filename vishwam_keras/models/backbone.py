@@ -353,7 +353,46 @@ class VishwamBackbone(NamedPresetMixin, Backbone):
                     f"token_ids.shape={tuple(ids_shape)}"
                 )
 
+    def complete_inputs(self, inputs):
+        """Fill optional inputs: `padding_mask` (all ones), and for a vision model with no
+        `images`, an empty image batch (the encoder is skipped); rank-4 `images` gain an
+        image axis and a missing `image_mask` marks every image present."""
+        if not isinstance(inputs, dict) or "token_ids" not in inputs:
+            return inputs
+        # Keras refuses a mix of arrays and tensors in one call: make arrays tensors.
+        inputs = {
+            key: ops.convert_to_tensor(value) if isinstance(value, (np.ndarray, list)) else value
+            for key, value in inputs.items()
+        }
+        token_ids = inputs["token_ids"]
+        if inputs.get("padding_mask") is None:
+            inputs["padding_mask"] = ops.ones_like(token_ids, dtype="int32")
+        if not self.has_vision:
+            inputs.pop("images", None)
+            inputs.pop("image_mask", None)
+            return inputs
+        encoder = self.vision_encoder
+        batch = ops.shape(token_ids)[0]
+        images = inputs.get("images")
+        if images is None:
+            size, channels = encoder.image_size, encoder.num_channels
+            inputs["images"] = ops.zeros((batch, 0, size, size, channels), dtype=self.compute_dtype)
+            inputs["image_mask"] = ops.zeros((batch, 0), dtype="int32")
+            return inputs
+        if len(images.shape) == 4:
+            images = images[:, None]
+            inputs["images"] = images
+        if len(images.shape) != 5:
+            raise ValueError(
+                "`images` must have shape (batch, num_images, height, width, channels) or "
+                f"(batch, height, width, channels). Received: images.shape={tuple(images.shape)}"
+            )
+        if inputs.get("image_mask") is None:
+            inputs["image_mask"] = ops.ones((batch, ops.shape(images)[1]), dtype="int32")
+        return inputs
+
     def __call__(self, inputs, *args, **kwargs):
+        inputs = self.complete_inputs(inputs)
         self.check_inputs(inputs)
         return super().__call__(inputs, *args, **kwargs)
 

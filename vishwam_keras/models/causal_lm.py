@@ -91,7 +91,15 @@ class VishwamCausalLM(NamedPresetMixin, CausalLM):
         super().__init__(inputs=inputs, outputs=logits, **kwargs)
         self._generate_functions = {}
 
-    def __call__(self, inputs, *args, **kwargs):
+    def __call__(self, inputs=None, *args, input_ids=None, images=None, **kwargs):
+        """Also callable as `model(input_ids=..., images=...)` (the seed design's form)."""
+        if inputs is None:
+            if input_ids is None:
+                raise ValueError("Pass `inputs` (a dict) or `input_ids=` to the model.")
+            inputs = {"token_ids": input_ids}
+            if images is not None:
+                inputs["images"] = images
+        inputs = self.backbone.complete_inputs(inputs)
         self.backbone.check_inputs(inputs)
         return super().__call__(inputs, *args, **kwargs)
 

@@ -3,6 +3,9 @@
 Builds a `VishwamCausalLM` (with its backbone) from `MultimodalConfig` fields.
 """
 
+import keras
+import numpy as np  # noqa: F401  (used by the docstring example)
+
 from vishwam_keras.config import MultimodalConfig
 from vishwam_keras.models.causal_lm import VishwamCausalLM
 
@@ -35,3 +38,35 @@ def create_multimodal_model(config=None, preprocessor=None, dtype=None, **config
     elif config_fields:
         raise TypeError("Pass either `config` or config fields, not both.")
     return VishwamCausalLM(config.build_backbone(dtype=dtype), preprocessor=preprocessor)
+
+
+@keras.saving.register_keras_serializable(package="vishwam_keras")
+class GemmaInspiredMultimodalTransformer(VishwamCausalLM):
+    """The seed design's model class: a `VishwamCausalLM` built from a `MultimodalConfig`.
+
+    `GemmaInspiredMultimodalTransformer(config=MultimodalConfig(...))` builds the
+    backbone the config describes (vision encoder and fusion included); everything else
+    (`fit`, `generate`, `save`, presets) is `VishwamCausalLM`'s.
+
+    Args:
+        config: `MultimodalConfig`. Ignored when `backbone` is given.
+        backbone: `None` or a `VishwamBackbone` (used when reloading a saved model).
+        preprocessor: `None` or `VishwamCausalLMPreprocessor`.
+
+    Example:
+    >>> model = GemmaInspiredMultimodalTransformer(
+    ...     config=MultimodalConfig(embed_dim=32, num_heads=4, num_layers=2, vocabulary_size=100))
+    >>> model(input_ids=np.ones((1, 4), "int32")).shape
+    (1, 4, 100)
+    """
+
+    def __init__(self, config=None, backbone=None, preprocessor=None, **kwargs):
+        if backbone is None:
+            if config is None:
+                config = MultimodalConfig()
+            if not isinstance(config, MultimodalConfig):
+                raise TypeError(
+                    f"`config` must be a MultimodalConfig. Received: {type(config).__name__}"
+                )
+            backbone = config.build_backbone(dtype=kwargs.pop("dtype", None))
+        super().__init__(backbone=backbone, preprocessor=preprocessor, **kwargs)
