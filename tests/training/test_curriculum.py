@@ -267,3 +267,22 @@ def test_schedule_scale_still_reaches_the_step_after_the_optimizer_is_rebuilt():
               callbacks=[CurriculumCallback(stages, verbose=0), recorder])
     assert _changed(recorder.snapshots[2], recorder.snapshots[4])  # stage b trains ...
     assert not _changed(recorder.snapshots[4], _snapshot(model))  # ... until the scale is 0
+
+
+@pytest.mark.slow
+def test_default_patterns_match_the_multimodal_backbone():
+    from vishwam_keras.models.factory import create_multimodal_model
+
+    model = create_multimodal_model(
+        embed_dim=16, num_heads=2, num_layers=2, vocabulary_size=64, sliding_window_size=4,
+        vision_embed_dim=8, vision_num_layers=1, vision_num_heads=2, image_size=8, patch_size=4,
+        num_vision_tokens=4, fusion_type="adaptive_gate", cross_attn_layers=[1],
+    )
+    text, align, finetune = (
+        {v.path for v in plan["trainable_variables"]} for plan in check_curriculum(model, default_curriculum(30))
+    )
+    everything = {v.path for v in model.trainable_variables}
+    vision = {p for p in everything if "vision_encoder" in p or "cross_attention_1" in p}
+    assert vision and text == everything - vision
+    assert align == vision
+    assert finetune == everything
