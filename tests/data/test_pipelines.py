@@ -1,0 +1,168 @@
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from vishwam_keras import VishwamCausalLMPreprocessor, VishwamImageConverter
+from vishwam_keras.data import fashion_mnist, fashion_scenes, pipelines
+
+
+def _fashion_mnist_found():
+    try:
+        fashion_mnist.find_fashion_mnist()
+        return True
+    except FileNotFoundError:
+        return False
+
+
+requires_fashion_mnist = pytest.mark.skipif(
+    not _fashion_mnist_found(),
+    reason="Fashion-MNIST not found (apt-get install dataset-fashion-mnist, or set VISHWAM_DATA_DIR)",
+)
+TOKENS_PER_IMAGE = 4
+IMAGE_TOKEN = "<image_soft_token>"
+
+
+@pytest.fixture
+def preprocessor():
+    # Built after conftest's `keras.utils.set_random_seed`: resetting TF's seed after the
+    # SentencePiece op exists breaks that op inside tf.data ("Resource ... does not exist").
+    preprocessor = VishwamCausalLMPreprocessor.from_preset("vishwam_1b", sequence_length=48)
+    preprocessor.image_converter = VishwamImageConverter(image_size=56, num_channels=1)
+    preprocessor.num_vision_tokens_per_image = TOKENS_PER_IMAGE
+    return preprocessor
+
+
+def _check_batch(batch, batch_size):
+    assert sorted(batch) == ["image_mask", "images", "prompts", "responses"]
+    assert batch["images"].shape == (batch_size, 1, 56, 56, 1) and batch["images"].dtype == tf.uint8
+    assert batch["image_mask"].shape == (batch_size, 1) and batch["image_mask"].dtype == tf.int32
+    assert batch["prompts"].shape == batch["responses"].shape == (batch_size,)
+    prompts = [p.decode() for p in batch["prompts"].numpy()]
+    mask = batch["image_mask"].numpy()[:, 0]
+    # an image slot is used exactly when the prompt has a placeholder for it
+    assert [p.count("<start_of_image>") for p in prompts] == mask.tolist()
+    assert not batch["images"].numpy()[mask == 0].any()
+
+
+def _check_preprocessed(preprocessor, batch, in_tf_data=False):
+    """The preprocessor's output for a batch: eagerly, or traced in `dataset.map` as `fit` does."""
+    image_token = preprocessor.tokenizer.token_to_id(IMAGE_TOKEN)
+    if in_tf_data:
+        outputs = next(iter(tf.data.Dataset.from_tensors(batch).map(preprocessor)))
+    else:
+        outputs = preprocessor(batch)
+    for x, y, w in [outputs]:
+        batch_size = batch["prompts"].shape[0]
+        assert x["token_ids"].shape == (batch_size, 48)
+        assert tuple(x["images"].shape) == (batch_size, 1, 56, 56, 1)
+        assert x["images"].dtype == tf.float32
+        image_tokens = (np.asarray(x["token_ids"]) == image_token).sum(1)
+        np.testing.assert_array_equal(image_tokens, TOKENS_PER_IMAGE * batch["image_mask"].numpy()[:, 0])
+        assert (np.asarray(w).sum(1) > 0).all()  # every example has response tokens to learn
+        assert not np.asarray(w)[np.asarray(y) == image_token].any()
+
+
+def test_text_stage_feeds_the_preprocessor(preprocessor):
+    batch = next(iter(pipelines.text_stage_dataset(3, sequence_chars=64, seed=1)))
+    _check_batch(batch, 3)
+    assert set(batch["prompts"].numpy().tolist()) == {b""}
+    assert all(0 < len(r) <= 64 for r in batch["responses"].numpy().tolist())
+    _check_preprocessed(preprocessor, batch)
+    plain = next(iter(pipelines.text_stage_dataset(2, sequence_chars=64, image_slots=False)))
+    assert sorted(plain) == ["prompts", "responses"]
+
+
+def test_text_chunks_are_bounded_and_validation_is_held_out():
+    train = pipelines.shakespeare_chunks("train", 256)
+    validation = pipelines.shakespeare_chunks("validation", 256)
+    assert max(len(c) for c in train + validation) <= 256
+    assert 50 < len(validation) < len(train) / 20
+    assert not set(train) & set(validation)
+    with pytest.raises(ValueError, match="sequence_chars"):
+        pipelines.shakespeare_chunks("train", 8)
+
+
+@requires_fashion_mnist
+def test_alignment_stage_matches_the_scenes_and_feeds_the_preprocessor(preprocessor):
+    scenes = fashion_scenes.make_scenes("test", 6)
+    examples = list(pipelines.caption_examples("test", 6, shuffle=False).as_numpy_iterator())
+    assert [e["responses"].decode() for e in examples] == [" " + c for c in scenes.captions]
+    assert {e["prompts"].decode() for e in examples} == {"<start_of_image> Caption:"}
+    np.testing.assert_array_equal(np.stack([e["images"] for e in examples]), scenes.images[:, None])
+    batch = next(iter(pipelines.alignment_stage_dataset("test", 4, num_scenes=6)))
+    _check_batch(batch, 4)
+    _check_preprocessed(preprocessor, batch)
+
+
+@requires_fashion_mnist
+def test_vqa_examples_match_the_scenes():
+    scenes = fashion_scenes.make_scenes("compositional_test", 3)
+    examples = list(pipelines.vqa_examples("compositional_test", 3, shuffle=False).as_numpy_iterator())
+    expected = [(i, item) for i in range(3) for item in scenes.qa[i]]
+    assert len(examples) == len(expected)
+    for example, (scene, item) in zip(examples, expected):
+        assert example["prompts"].decode() == f"<start_of_image> Question: {item.question} Answer:"
+        assert example["responses"].decode() == " " + item.answer
+        np.testing.assert_array_equal(example["images"][0], scenes.images[scene])
+    counts = list(pipelines.vqa_examples("compositional_test", 3, question_types=["count"], shuffle=False))
+    assert len(counts) == 12
+    with pytest.raises(ValueError, match="Unknown question types"):
+        pipelines.vqa_examples("test", 3, question_types=["colour"])
+
+
+@requires_fashion_mnist
+def test_multimodal_stage_mixes_sources_and_feeds_the_preprocessor(preprocessor):
+    mixture = {"caption": 0.2, "vqa": 0.5, "text": 0.3}
+    dataset = pipelines.multimodal_stage_dataset("test", 8, mixture=mixture, num_scenes=20, repeat=True)
+    batches = list(dataset.take(25).as_numpy_iterator())
+    prompts = [p.decode() for b in batches for p in b["prompts"]]
+    fractions = {
+        "text": prompts.count("") / 200,
+        "caption": prompts.count("<start_of_image> Caption:") / 200,
+        "vqa": sum(p.startswith("<start_of_image> Question:") for p in prompts) / 200,
+    }
+    for name, weight in mixture.items():
+        assert abs(fractions[name] - weight) < 0.1, fractions
+    batch = next(iter(dataset))
+    _check_batch(batch, 8)
+    _check_preprocessed(preprocessor, batch)
+
+
+@requires_fashion_mnist
+def test_mixed_batches_preprocess_inside_tf_data(preprocessor):
+    mixture = {"caption": 1.0, "vqa": 1.0, "text": 1.0}
+    batch = next(iter(pipelines.multimodal_stage_dataset("test", 12, mixture, num_scenes=5, sequence_chars=64)))
+    assert 0 < batch["image_mask"].numpy().sum() < 12  # text and image examples together
+    _check_preprocessed(preprocessor, batch, in_tf_data=True)
+    vqa_only = next(iter(pipelines.multimodal_stage_dataset("test", 16, {"vqa": 1.0, "text": 0.0}, 5)))
+    assert all(p.startswith(b"<start_of_image> Question:") for p in vqa_only["prompts"].numpy())
+    with pytest.raises(ValueError, match="mixture"):
+        pipelines.multimodal_stage_dataset("test", 4, {"speech": 1.0}, 5)
+
+
+@requires_fashion_mnist
+def test_shuffling_is_seeded_and_reshuffles_each_epoch():
+    def responses(seed):
+        examples = pipelines.caption_examples("test", 8, seed=seed, repeat=True).take(16)
+        return [e["responses"] for e in examples.as_numpy_iterator()]
+
+    first = responses(5)
+    tf.random.set_seed(123)  # the global seed must not matter
+    assert responses(5) == first
+    assert responses(6) != first
+    assert sorted(first[:8]) == sorted(first[8:]) and first[:8] != first[8:]
+    assert len(set(first[:8])) == len(set(first[8:]))
+
+
+@requires_fashion_mnist
+def test_stage_datasets_for_the_default_curriculum():
+    datasets = pipelines.stage_datasets(2, split="test", num_scenes=4, sequence_chars=64)
+    assert list(datasets) == ["text_pretraining", "vision_alignment", "multimodal_finetuning"]
+    structures = {name: tf.nest.map_structure(lambda s: (s.shape.as_list(), s.dtype), d.element_spec)
+                  for name, d in datasets.items()}
+    assert len({str(s) for s in structures.values()}) == 1  # one structure: stages can be mixed
+    for dataset in datasets.values():
+        _check_batch(next(iter(dataset)), 2)
+    assert int(datasets["vision_alignment"].cardinality()) == 2
+    with pytest.raises(ValueError, match="batch_size"):
+        pipelines.alignment_stage_dataset("test", 0)

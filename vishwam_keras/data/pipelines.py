@@ -1,0 +1,404 @@
+"""tf.data pipelines for the three curriculum stages: Shakespeare text, captions, scene VQA.
+
+Each yields batches of the preprocessor's fit inputs (`prompts`, `responses`, `images`,
+`image_mask`), from `shakespeare.py` and `fashion_scenes.py`, ready for `VishwamCausalLM.fit`.
+
+Every example has one image slot: `images` is uint8 `(1, 56, 56, 1)` and `image_mask` is
+int32 `(1,)`, so batches are `(batch, 1, 56, 56, 1)` and `(batch, 1)`. Text examples carry a
+black image with `image_mask` 0 and no `<start_of_image>` in the prompt, so they mix with
+image examples in one dataset; a preprocessor without an image converter ignores both keys.
+
+- text: prompt `""`, response a chunk of Shakespeare (the loss covers the whole chunk);
+- caption: prompt `"<start_of_image> Caption:"`, response `" a sneaker and a bag above ..."`;
+- vqa: prompt `"<start_of_image> Question: How many shoes are there? Answer:"`, response
+  `" two"`.
+
+Shuffling is stateless (`tf.random.experimental.index_shuffle` with `seed` and the epoch),
+so a seed gives the same batches whatever TensorFlow's global seed is; with `repeat=True`
+each epoch is a new permutation.
+"""
+
+import functools
+
+import numpy as np
+import tensorflow as tf
+
+from vishwam_keras.data import fashion_mnist, fashion_scenes
+from vishwam_keras.data.shakespeare import load_shakespeare_works
+
+CAPTION_PROMPT = "<start_of_image> Caption:"
+VQA_PROMPT_PREFIX = "<start_of_image> Question: "
+VQA_PROMPT_SUFFIX = " Answer:"
+# Held out of the text stage's train split: one play and one poem (about 2% of the text).
+TEXT_VALIDATION_WORKS = ("tempest", "lovers_complaint")
+DEFAULT_SEQUENCE_CHARS = 512
+DEFAULT_MIXTURE = {"caption": 0.3, "vqa": 0.7}
+MIXTURE_SOURCES = ("text", "caption", "vqa")
+# Stage names of `training.curriculum.default_curriculum`, so `stage_datasets(...)` can be
+# passed to `run_curriculum` as is.
+STAGE_NAMES = ("text_pretraining", "vision_alignment", "multimodal_finetuning")
+
+_STREAMS = {"text": 0, "caption": 1, "vqa": 2, "mixture": 3}
+_SCENE_SHAPE = (1, fashion_scenes.SCENE_SIZE, fashion_scenes.SCENE_SIZE, 1)
+
+
+# === Sources ===
+def shakespeare_chunks(split="train", sequence_chars=DEFAULT_SEQUENCE_CHARS):
+    """The packaged Shakespeare corpus cut into chunks of at most `sequence_chars` chars.
+
+    Chunks end at a line break where one falls in the second half of the window, so
+    lines are rarely cut. `"validation"` is the works in `TEXT_VALIDATION_WORKS`,
+    `"train"` the rest. Chunks with fewer than 16 non-space characters are dropped.
+    """
+    if split not in ("train", "validation"):
+        raise ValueError(f"`split` must be 'train' or 'validation'. Received: split={split!r}")
+    if isinstance(sequence_chars, bool) or not isinstance(sequence_chars, int) or sequence_chars < 32:
+        raise ValueError(f"`sequence_chars` must be an int >= 32. Received: {sequence_chars!r}")
+    return list(_chunks(split, sequence_chars))
+
+
+@functools.lru_cache(maxsize=4)
+def _chunks(split, sequence_chars):
+    chunks = []
+    for work in load_shakespeare_works():
+        if (work["title"] in TEXT_VALIDATION_WORKS) != (split == "validation"):
+            continue
+        text, start = work["text"], 0
+        while start < len(text):
+            stop = min(start + sequence_chars, len(text))
+            if stop < len(text):
+                newline = text.rfind("\n", start + sequence_chars // 2, stop)
+                stop = newline + 1 if newline >= 0 else stop
+            chunk = text[start:stop]
+            if len(chunk.strip()) >= 16:
+                chunks.append(chunk)
+            start = stop
+    return tuple(chunks)
+
+
+@functools.lru_cache(maxsize=8)
+def _scene_table(split, num_scenes, scene_seed, data_dir):
+    """Scene placements plus flat QA ids: what the scene pipelines gather from."""
+    indices, labels = fashion_scenes.scene_indices(split, num_scenes, scene_seed, data_dir)
+    source_images, _ = fashion_mnist.load_fashion_mnist(fashion_scenes.source_split(split), data_dir)
+    captions = [" " + fashion_scenes.caption(row) for row in labels]
+    qa = [
+        (scene, question, answer)
+        for scene, row in enumerate(labels)
+        for question, answer in fashion_scenes.question_answer_ids(row, scene)
+    ]
+    qa = np.asarray(qa, np.int64).reshape(-1, 3)
+    return source_images, indices, captions, qa
+
+
+def _check_batch_size(batch_size):
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"`batch_size` must be an int >= 1. Received: batch_size={batch_size!r}")
+
+
+def _num_scenes(split, num_scenes):
+    fashion_scenes.source_split(split)  # validates `split`
+    return fashion_scenes.DEFAULT_NUM_SCENES[split] if num_scenes is None else int(num_scenes)
+
+
+def _text_split(split):
+    return "train" if split == "train" else "validation"
+
+
+# === Shuffled index streams ===
+def _indices(num_items, seed, stream, repeat, shuffle=True):
+    """Item indices 0..num_items-1, one permutation per epoch, stateless in `seed`.
+
+    Built on `range` / `counter` so the cardinality stays known (finite or infinite).
+    """
+    if num_items < 1:
+        raise ValueError("Nothing to iterate over: the source has no examples.")
+    positions = tf.data.Dataset.counter() if repeat else tf.data.Dataset.range(num_items)
+    if not shuffle:
+        return positions.map(lambda k: k % num_items)
+    seed = tf.constant(int(seed), tf.int64)
+    max_index = tf.constant(num_items - 1, tf.int64)
+
+    def shuffled(k):
+        epoch, index = k // num_items, k % num_items
+        key = tf.stack([seed, epoch * len(_STREAMS) + _STREAMS[stream]])
+        return tf.random.experimental.index_shuffle(index, key, max_index)
+
+    return positions.map(shuffled)
+
+
+def _scene_image(pool, item_indices):
+    """Four 28x28 items -> one `(1, 56, 56, 1)` scene, as `fashion_scenes.compose_images`."""
+    items = tf.gather(pool, item_indices)
+    size = fashion_mnist.IMAGE_SIZE
+    grid = tf.transpose(tf.reshape(items, (2, 2, size, size)), (0, 2, 1, 3))
+    return tf.reshape(grid, _SCENE_SHAPE)
+
+
+def _finish(dataset, batch_size, drop_remainder):
+    return dataset.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
+
+
+# === Unbatched examples ===
+def text_examples(
+    split="train",
+    sequence_chars=DEFAULT_SEQUENCE_CHARS,
+    seed=0,
+    repeat=False,
+    image_slots=True,
+    shuffle=True,
+):
+    """Shakespeare chunks as `{"prompts": "", "responses": chunk}` examples (unbatched).
+
+    With `image_slots` (the default) each example also has a black `images`
+    `(1, 56, 56, 1)` and `image_mask` `[0]`, to mix with scene examples.
+    """
+    chunks = tf.constant(shakespeare_chunks(split, sequence_chars))
+    blank = tf.zeros(_SCENE_SHAPE, tf.uint8)
+
+    def to_example(index):
+        example = {"prompts": tf.constant(""), "responses": chunks[index]}
+        if image_slots:
+            example.update(images=blank, image_mask=tf.zeros((1,), tf.int32))
+        return example
+
+    indices = _indices(int(chunks.shape[0]), seed, "text", repeat, shuffle)
+    return indices.map(to_example, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def caption_examples(
+    split="train",
+    num_scenes=None,
+    seed=0,
+    repeat=False,
+    scene_seed=fashion_scenes.DEFAULT_SEED,
+    data_dir=None,
+    shuffle=True,
+):
+    """One caption example per scene (unbatched): prompt `CAPTION_PROMPT`, response the caption."""
+    table = _scene_table(split, _num_scenes(split, num_scenes), scene_seed, data_dir)
+    pool, indices, captions, _ = table
+    pool, indices, captions = tf.constant(pool), tf.constant(indices), tf.constant(captions)
+
+    def to_example(scene):
+        return {
+            "prompts": tf.constant(CAPTION_PROMPT),
+            "responses": captions[scene],
+            "images": _scene_image(pool, indices[scene]),
+            "image_mask": tf.ones((1,), tf.int32),
+        }
+
+    scenes = _indices(int(indices.shape[0]), seed, "caption", repeat, shuffle)
+    return scenes.map(to_example, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def vqa_examples(
+    split="train",
+    num_scenes=None,
+    seed=0,
+    repeat=False,
+    scene_seed=fashion_scenes.DEFAULT_SEED,
+    data_dir=None,
+    question_types=None,
+    shuffle=True,
+):
+    """One example per (scene, question) (unbatched): `"<start_of_image> Question: ... Answer:"`.
+
+    `question_types` keeps only some of `fashion_scenes.QUESTION_TYPES` (all by default).
+    """
+    pool, indices, _, qa = _scene_table(split, _num_scenes(split, num_scenes), scene_seed, data_dir)
+    if question_types is not None:
+        unknown = sorted(set(question_types) - set(fashion_scenes.QUESTION_TYPES))
+        if unknown:
+            raise ValueError(f"Unknown question types {unknown}. Known: {fashion_scenes.QUESTION_TYPES}")
+        types = np.asarray(fashion_scenes.QUESTION_TYPE_OF)[qa[:, 1]]
+        qa = qa[np.isin(types, list(question_types))]
+    pool, indices, qa = tf.constant(pool), tf.constant(indices), tf.constant(qa)
+    questions = tf.constant(fashion_scenes.QUESTIONS)
+    answers = tf.constant([" " + answer for answer in fashion_scenes.ANSWERS])
+
+    def to_example(row):
+        scene, question, answer = qa[row, 0], qa[row, 1], qa[row, 2]
+        prompt = tf.strings.join([VQA_PROMPT_PREFIX, questions[question], VQA_PROMPT_SUFFIX])
+        return {
+            "prompts": prompt,
+            "responses": answers[answer],
+            "images": _scene_image(pool, indices[scene]),
+            "image_mask": tf.ones((1,), tf.int32),
+        }
+
+    rows = _indices(int(qa.shape[0]), seed, "vqa", repeat, shuffle)
+    return rows.map(to_example, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def mix_examples(datasets, weights, seed=0):
+    """Interleaves example datasets, drawing each next example's source with `weights`.
+
+    The draws are stateless (`seed` and the example's position). Ends when the drawn
+    source is exhausted (sources built with `repeat=True` never are).
+    """
+    weights = np.asarray(weights, np.float64)
+    if len(datasets) != len(weights) or not len(weights) or (weights < 0).any() or weights.sum() <= 0:
+        raise ValueError(
+            "`weights` must be non-negative, one per dataset, with a positive sum. "
+            f"Received: {weights}"
+        )
+    if len(datasets) == 1:
+        return datasets[0]
+    logits = tf.constant(np.log(np.maximum(weights / weights.sum(), 1e-30))[None], tf.float32)
+    seed = tf.constant(int(seed), tf.int64)
+    stream = tf.constant(_STREAMS["mixture"], tf.int64)
+
+    def draw(position):
+        key = tf.stack([seed, position * len(_STREAMS) + stream])
+        return tf.random.stateless_categorical(logits, 1, seed=key, dtype=tf.int64)[0, 0]
+
+    choices = tf.data.Dataset.counter().map(draw)
+    return tf.data.Dataset.choose_from_datasets(datasets, choices, stop_on_empty_dataset=True)
+
+
+# === Stage datasets ===
+def text_stage_dataset(
+    batch_size,
+    sequence_chars=DEFAULT_SEQUENCE_CHARS,
+    seed=0,
+    split="train",
+    repeat=False,
+    image_slots=True,
+    drop_remainder=False,
+):
+    """Stage 1 (`text_pretraining`): batches of Shakespeare chunks.
+
+    Args:
+        batch_size: int. Examples per batch.
+        sequence_chars: int. Characters per chunk (about 4 per token). Defaults to `512`.
+        seed: int. Shuffling seed. Defaults to `0`.
+        split: str. `"train"` or `"validation"`. Defaults to `"train"`.
+        repeat: bool. Repeat forever, reshuffling each epoch. Defaults to `False`.
+        image_slots: bool. Add black `images` with `image_mask` 0 (see module doc).
+            Defaults to `True`.
+        drop_remainder: bool. Drop a last, smaller batch. Defaults to `False`.
+
+    Returns:
+        A `tf.data.Dataset` of dicts: `prompts` `(batch,)` `""`, `responses` `(batch,)`,
+        and with `image_slots`, `images` uint8 `(batch, 1, 56, 56, 1)`, `image_mask`
+        int32 `(batch, 1)`.
+
+    Example:
+    >>> batch = next(iter(text_stage_dataset(2)))
+    >>> batch["images"].shape
+    TensorShape([2, 1, 56, 56, 1])
+    """
+    _check_batch_size(batch_size)
+    examples = text_examples(split, sequence_chars, seed, repeat, image_slots)
+    return _finish(examples, batch_size, drop_remainder)
+
+
+def alignment_stage_dataset(
+    split="train",
+    batch_size=32,
+    num_scenes=None,
+    seed=0,
+    repeat=False,
+    scene_seed=fashion_scenes.DEFAULT_SEED,
+    data_dir=None,
+    drop_remainder=False,
+):
+    """Stage 2 (`vision_alignment`): batches of scene captions.
+
+    Args:
+        split: str. One of `fashion_scenes.SPLITS`. Defaults to `"train"`.
+        batch_size: int. Examples per batch. Defaults to `32`.
+        num_scenes: int, optional. Defaults to `fashion_scenes.DEFAULT_NUM_SCENES[split]`.
+        seed: int. Shuffling seed. Defaults to `0`.
+        repeat: bool. Repeat forever, reshuffling each epoch. Defaults to `False`.
+        scene_seed: int. Scene placement seed. Defaults to `fashion_scenes.DEFAULT_SEED`.
+        data_dir: str, optional. Fashion-MNIST folder (see `load_fashion_mnist`).
+        drop_remainder: bool. Drop a last, smaller batch. Defaults to `False`.
+
+    Returns:
+        A `tf.data.Dataset` of dicts: `prompts` `"<start_of_image> Caption:"`,
+        `responses` `" a sneaker and ..."`, `images` uint8 `(batch, 1, 56, 56, 1)`,
+        `image_mask` int32 `(batch, 1)` of ones.
+    """
+    _check_batch_size(batch_size)
+    examples = caption_examples(split, num_scenes, seed, repeat, scene_seed, data_dir)
+    return _finish(examples, batch_size, drop_remainder)
+
+
+def multimodal_stage_dataset(
+    split="train",
+    batch_size=32,
+    mixture=None,
+    num_scenes=None,
+    seed=0,
+    repeat=False,
+    scene_seed=fashion_scenes.DEFAULT_SEED,
+    data_dir=None,
+    sequence_chars=DEFAULT_SEQUENCE_CHARS,
+    drop_remainder=False,
+):
+    """Stage 3 (`multimodal_finetuning`): captions, VQA and optionally text, mixed per example.
+
+    Args:
+        split: str. One of `fashion_scenes.SPLITS`; text uses Shakespeare's `"train"` for
+            `"train"` and its `"validation"` works otherwise. Defaults to `"train"`.
+        batch_size: int. Examples per batch. Defaults to `32`.
+        mixture: dict source -> weight, sources `"caption"`, `"vqa"`, `"text"`.
+            Defaults to `{"caption": 0.3, "vqa": 0.7}`.
+        num_scenes, seed, repeat, scene_seed, data_dir, drop_remainder: as in
+            `alignment_stage_dataset`.
+        sequence_chars: int. Text chunk length. Defaults to `512`.
+
+    Returns:
+        A `tf.data.Dataset` of dicts shaped as in `alignment_stage_dataset`. Without
+        `repeat` it ends when the first drawn source runs out.
+    """
+    _check_batch_size(batch_size)
+    mixture = dict(DEFAULT_MIXTURE if mixture is None else mixture)
+    unknown = sorted(set(mixture) - set(MIXTURE_SOURCES))
+    if unknown or not mixture:
+        raise ValueError(
+            f"`mixture` must map sources from {MIXTURE_SOURCES} to weights. Received: {mixture!r}"
+        )
+    sources = [name for name in MIXTURE_SOURCES if mixture.get(name, 0) > 0]
+    builders = {
+        "text": lambda: text_examples(_text_split(split), sequence_chars, seed, repeat),
+        "caption": lambda: caption_examples(split, num_scenes, seed, repeat, scene_seed, data_dir),
+        "vqa": lambda: vqa_examples(split, num_scenes, seed, repeat, scene_seed, data_dir),
+    }
+    weights = [mixture[name] for name in sources]
+    examples = mix_examples([builders[name]() for name in sources], weights, seed)
+    return _finish(examples, batch_size, drop_remainder)
+
+
+def stage_datasets(
+    batch_size,
+    split="train",
+    num_scenes=None,
+    seed=0,
+    repeat=False,
+    mixture=None,
+    sequence_chars=DEFAULT_SEQUENCE_CHARS,
+    data_dir=None,
+    drop_remainder=False,
+):
+    """The three stage datasets, keyed by `STAGE_NAMES` (the default curriculum's stages).
+
+    `split` picks the scene split (`text_pretraining` reads Shakespeare's `"train"`
+    for `"train"` and its `"validation"` works otherwise). Pass `repeat=True` to train
+    with `run_curriculum`, which runs a fixed number of steps per stage.
+    """
+    text, alignment, multimodal = STAGE_NAMES
+    return {
+        text: text_stage_dataset(
+            batch_size, sequence_chars, seed, _text_split(split), repeat, drop_remainder=drop_remainder
+        ),
+        alignment: alignment_stage_dataset(
+            split, batch_size, num_scenes, seed, repeat, data_dir=data_dir, drop_remainder=drop_remainder
+        ),
+        multimodal: multimodal_stage_dataset(
+            split, batch_size, mixture, num_scenes, seed, repeat, data_dir=data_dir,
+            sequence_chars=sequence_chars, drop_remainder=drop_remainder,
+        ),
+    }
