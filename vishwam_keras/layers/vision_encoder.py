@@ -408,6 +408,7 @@ class SigLIPVisionEncoder(keras.layers.Layer):
         dropout=0.0,
         **kwargs,
     ):
+        kwargs.setdefault("name", "vision_encoder")  # curriculum patterns match this name
         super().__init__(**kwargs)
         self._validate_args(
             image_size, patch_size, hidden_dim, num_layers, num_heads, intermediate_dim,

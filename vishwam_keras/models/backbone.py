@@ -265,10 +265,18 @@ class VishwamBackbone(NamedPresetMixin, Backbone):
             inputs["image_mask"] = keras.Input(shape=(None,), dtype="int32", name="image_mask")
         self.fusion_type = fusion_type
         self.cross_attn_layers = cross_attn_layers
-        sequence_output = self.decode(inputs)
+        if vision_encoder is None:
+            outputs = self.decode(inputs)
+        else:
+            vision = self.encode_images(inputs["images"], inputs["image_mask"])
+            outputs = {
+                "sequence_output": self.decode(inputs, vision=vision),
+                "image_embedding": vision[2],
+                "image_present": vision[3],
+            }
         super().__init__(
             inputs=inputs,
-            outputs=sequence_output,
+            outputs=outputs,
             dtype=dtype,
             **kwargs,
         )

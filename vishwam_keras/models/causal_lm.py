@@ -13,6 +13,13 @@ from vishwam_keras.layers import kv_cache
 from vishwam_keras.models.backbone import VishwamBackbone
 from vishwam_keras.models.preprocessor import VishwamCausalLMPreprocessor
 from vishwam_keras.models.presets import NamedPresetMixin
+from vishwam_keras.training.losses import (
+    CONTRASTIVE,
+    LANGUAGE_MODELING,
+    ContrastiveAlignment,
+    MultimodalLoss,
+    language_model_loss,
+)
 
 
 def prefill_bucket(min_prompt_length):
@@ -77,19 +84,70 @@ class VishwamCausalLM(NamedPresetMixin, CausalLM):
     backbone_cls = VishwamBackbone
     preprocessor_cls = VishwamCausalLMPreprocessor
 
-    def __init__(self, backbone, preprocessor=None, **kwargs):
+    def __init__(
+        self,
+        backbone,
+        preprocessor=None,
+        use_contrastive_loss=True,
+        loss_weighting="uncertainty",
+        **kwargs,
+    ):
         # === Layers ===
         self.backbone = backbone
         self.preprocessor = preprocessor
+        multimodal = backbone.has_vision and use_contrastive_loss
+        self.contrastive_alignment = None
+        self.multimodal_loss = None
+        if multimodal:
+            self.contrastive_alignment = ContrastiveAlignment(
+                backbone.hidden_dim, backbone.image_token_id, name="contrastive_alignment"
+            )
+            self.multimodal_loss = MultimodalLoss(weighting=loss_weighting, name="multimodal_loss")
+            self.multimodal_loss.build()
 
         # === Functional model ===
         inputs = backbone.input
-        hidden_states = backbone(inputs)
+        outputs = backbone(inputs)
+        hidden_states = outputs["sequence_output"] if isinstance(outputs, dict) else outputs
         logits = backbone.token_embedding(hidden_states, reverse=True)
         # Logits in float32 even under mixed precision: the loss needs the range.
         logits = keras.layers.Activation("linear", dtype="float32", name="logits")(logits)
+        if multimodal:
+            logits = self.contrastive_alignment(
+                logits, hidden_states, outputs["image_embedding"], outputs["image_present"],
+                inputs["token_ids"], inputs["padding_mask"],
+            )
         super().__init__(inputs=inputs, outputs=logits, **kwargs)
+        self.use_contrastive_loss = use_contrastive_loss
+        self.loss_weighting = loss_weighting
         self._generate_functions = {}
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        """Language-model loss; with images also the SigLIP loss, weighted by `MultimodalLoss`.
+
+        Text-only models use the loss given to `compile`. Multimodal models use the masked
+        token cross-entropy and, for batches with images, the contrastive term added by
+        `ContrastiveAlignment`; `fit` logs `language_modeling_loss` and `contrastive_loss`.
+        """
+        if self.multimodal_loss is None:
+            return super().compute_loss(x, y, y_pred, sample_weight, training)
+        lm_loss = language_model_loss(y, y_pred, sample_weight)
+        extra = self.losses
+        if not extra:
+            parts = {f"{LANGUAGE_MODELING}_loss": lm_loss, "loss": lm_loss}
+            self.multimodal_loss.update_metrics(parts)
+            return lm_loss
+        contrastive = ops.cast(ops.sum(ops.stack([ops.cast(l, "float32") for l in extra])), "float32")
+        parts = self.multimodal_loss({LANGUAGE_MODELING: lm_loss, CONTRASTIVE: contrastive})
+        self.multimodal_loss.update_metrics(parts)
+        return parts["loss"]
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {"use_contrastive_loss": self.use_contrastive_loss, "loss_weighting": self.loss_weighting}
+        )
+        return config
 
     def __call__(self, inputs=None, *args, input_ids=None, images=None, **kwargs):
         """Also callable as `model(input_ids=..., images=...)` (the seed design's form)."""

@@ -113,7 +113,9 @@ class LanguageModelLoss(keras.losses.Loss):
 
 
 # === Sigmoid contrastive (SigLIP) ===
-def sigmoid_contrastive_loss(image_embeddings, text_embeddings, log_temperature, bias, normalize=True):
+def sigmoid_contrastive_loss(
+    image_embeddings, text_embeddings, log_temperature, bias, normalize=True, present=None
+):
     """SigLIP's pairwise sigmoid loss (Zhai et al. 2023, "Sigmoid Loss for Language Image
     Pre-Training", Algorithm 1).
 
@@ -127,6 +129,8 @@ def sigmoid_contrastive_loss(image_embeddings, text_embeddings, log_temperature,
         log_temperature: scalar. `t'`; the temperature is `exp(t')`.
         bias: scalar. `b`.
         normalize: bool. L2-normalise the embeddings first. Defaults to `True`.
+        present: `None` or bool `(batch,)`. Rows without an image (or text) take no part:
+            only pairs of present rows count and the sum is divided by their number.
 
     Returns:
         A float32 scalar.
@@ -143,7 +147,12 @@ def sigmoid_contrastive_loss(image_embeddings, text_embeddings, log_temperature,
     logits = ops.matmul(z_img, ops.transpose(z_txt)) * temperature + ops.cast(bias, "float32")
     batch_size = ops.shape(z_img)[0]
     labels = 2.0 * ops.eye(batch_size, dtype="float32") - 1.0
-    return -ops.sum(ops.log_sigmoid(labels * logits)) / ops.cast(batch_size, "float32")
+    pair_losses = ops.log_sigmoid(labels * logits)
+    if present is None:
+        return -ops.sum(pair_losses) / ops.cast(batch_size, "float32")
+    present = ops.cast(present, "float32")
+    pairs = present[:, None] * present[None, :]
+    return -ops.sum(pair_losses * pairs) / ops.maximum(ops.sum(present), 1.0)
 
 
 @keras.saving.register_keras_serializable(package="vishwam_keras")
@@ -199,16 +208,17 @@ class SigmoidContrastiveLoss(keras.layers.Layer):
         )
         self.built = True
 
-    def call(self, image_embeddings, text_embeddings):
+    def call(self, image_embeddings, text_embeddings, present=None):
         return sigmoid_contrastive_loss(
-            image_embeddings, text_embeddings, self.log_temperature, self.bias, self.normalize
+            image_embeddings, text_embeddings, self.log_temperature, self.bias, self.normalize,
+            present=present,
         )
 
     @property
     def temperature(self):
         return ops.exp(self.log_temperature)
 
-    def compute_output_shape(self, image_embeddings_shape, text_embeddings_shape=None):
+    def compute_output_shape(self, image_embeddings_shape, text_embeddings_shape=None, present_shape=None):
         return ()
 
     def get_config(self):
@@ -545,6 +555,79 @@ class MultimodalLossMixin:
                 "loss_weights": self.loss_weights,
                 "contrastive_initial_temperature": self.contrastive_initial_temperature,
                 "contrastive_initial_bias": self.contrastive_initial_bias,
+            }
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package="vishwam_keras")
+class ContrastiveAlignment(keras.layers.Layer):
+    """Pass-through layer that adds the SigLIP loss between pooled image and text in training.
+
+    Sits after the logits in `VishwamCausalLM`'s graph and returns them unchanged. In
+    training, for rows with an image, it pools the text (mean of the final hidden states over
+    real non-image tokens), projects both pooled vectors and adds
+    `SigmoidContrastiveLoss(image, text, present)` with `add_loss`; the model's `compute_loss`
+    combines it with the language-model loss through `MultimodalLoss`. Text-only batches add
+    nothing. The text embedding comes from the same forward pass, so after an interleaved
+    image it has seen that image: the loss then pushes image features to be distinguishable
+    rather than training an independent text tower.
+
+    Args:
+        hidden_dim: int. Width of the pooled vectors and projections.
+        image_token_id: int. Placeholder id, excluded from the text pooling.
+        initial_temperature, initial_bias: SigLIP initialisation. Defaults to 10 and -10.
+    """
+
+    def __init__(self, hidden_dim, image_token_id, initial_temperature=10.0, initial_bias=-10.0, **kwargs):
+        super().__init__(**kwargs)
+        self.hidden_dim = hidden_dim
+        self.image_token_id = image_token_id
+        self.initial_temperature = initial_temperature
+        self.initial_bias = initial_bias
+        self.head = SigmoidContrastiveLoss(initial_temperature, initial_bias, name="head")
+        self.text_projection = keras.layers.Dense(
+            hidden_dim, use_bias=False, name="text_projection", dtype=self.dtype_policy
+        )
+        self.image_projection = keras.layers.Dense(
+            hidden_dim, use_bias=False, name="image_projection", dtype=self.dtype_policy
+        )
+
+    def build(self, logits_shape, *shapes):
+        self.head.build()
+        self.text_projection.build((None, self.hidden_dim))
+        self.image_projection.build((None, self.hidden_dim))
+        self.built = True
+
+    def text_embedding(self, sequence_output, token_ids, padding_mask):
+        keep = ops.logical_and(
+            ops.cast(padding_mask, "bool"), ops.not_equal(token_ids, self.image_token_id)
+        )
+        weights = ops.cast(keep, sequence_output.dtype)[:, :, None]
+        pooled = ops.sum(sequence_output * weights, axis=1) / ops.maximum(ops.sum(weights, axis=1), 1.0)
+        return self.text_projection(pooled)
+
+    def loss(self, sequence_output, image_embedding, image_present, token_ids, padding_mask):
+        text = self.text_embedding(sequence_output, token_ids, padding_mask)
+        image = self.image_projection(image_embedding)
+        return self.head(image, text, present=image_present)
+
+    def call(self, logits, sequence_output, image_embedding, image_present, token_ids, padding_mask, training=None):
+        if training and image_present.shape[-1] != 0:
+            self.add_loss(self.loss(sequence_output, image_embedding, image_present, token_ids, padding_mask))
+        return logits
+
+    def compute_output_shape(self, logits_shape, *shapes):
+        return logits_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "hidden_dim": self.hidden_dim,
+                "image_token_id": self.image_token_id,
+                "initial_temperature": self.initial_temperature,
+                "initial_bias": self.initial_bias,
             }
         )
         return config
