@@ -239,9 +239,21 @@ TINY_CONFIG = MultimodalConfig(
     intermediate_dim=128, sliding_window_size=8, sliding_window_pattern=3,
 )
 
+# The model of the `vishwam_tiny_fashion` preset: a few million parameters, trained on
+# FashionScenes (56 x 56 grayscale 2 x 2 grids) through the three-stage curriculum.
+FASHION_TINY_CONFIG = MultimodalConfig(
+    embed_dim=192, num_heads=4, num_kv_heads=2, head_dim=48, num_layers=4,
+    intermediate_dim=512, sliding_window_size=64, sliding_window_pattern=2,
+    final_logit_soft_cap=30.0,
+    vision_embed_dim=128, vision_num_layers=3, vision_num_heads=4, vision_intermediate_dim=256,
+    image_size=56, patch_size=7, vision_pooling="avg", num_vision_tokens=16, num_channels=1,
+    fusion_type="interleave",
+)
+
 MODEL_CONFIGS = {
     "vishwam_1b": VISHWAM_1B_CONFIG,
     "vishwam_4b": VISHWAM_4B_CONFIG,
     "vishwam_12b": VISHWAM_12B_CONFIG,
     "tiny": TINY_CONFIG,
+    "fashion_tiny": FASHION_TINY_CONFIG,
 }

@@ -312,22 +312,23 @@ class VishwamBackbone(NamedPresetMixin, Backbone):
         """`(vision_tokens, vision_mask, pooled_image, image_present)`; see `ImageEmbedding`."""
         return self.image_embedding(images, image_mask, training=training)
 
-    def decode(self, inputs, vision=None, training=None):
+    def decode(self, inputs, vision=None, training=None, text_only=False):
         """Embeddings -> (images fused) -> decoder blocks -> final norm, without a cache.
 
-        `vision` optionally passes already encoded images (the output of `encode_images`).
+        `vision` optionally passes already encoded images (the output of `encode_images`);
+        `text_only=True` ignores images entirely (placeholders keep their token embedding).
         """
         token_ids = inputs["token_ids"]
         x = self.embed_tokens(token_ids)
         span_ids = None
-        if self.has_vision:
+        if self.has_vision and not text_only:
             if vision is None:
                 vision = self.encode_images(inputs["images"], inputs["image_mask"], training=training)
             if self.fusion_type in ("interleave", "adaptive_gate"):
                 x, span_ids = self.interleave(x, token_ids, vision[0])
         for i, block in enumerate(self.transformer_layers):
             x = block(x, padding_mask=inputs["padding_mask"], span_ids=span_ids, training=training)
-            if i in self.cross_attention_blocks:
+            if i in self.cross_attention_blocks and not text_only:
                 x = self.cross_attention_blocks[i](
                     x, vision[0], vision_mask=vision[1], pooled_image=vision[2],
                     image_present=vision[3], training=training,

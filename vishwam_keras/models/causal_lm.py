@@ -22,6 +22,9 @@ from vishwam_keras.training.losses import (
 )
 
 
+IMAGE_MARKER_TOKEN_IDS = (4, 5)  # <start_of_image>, <end_of_image> in the bundled vocabulary
+
+
 def prefill_bucket(min_prompt_length):
     """Largest bucket <= `min_prompt_length - 1`: powers of two below 64, then multiples of 64.
 
@@ -99,8 +102,10 @@ class VishwamCausalLM(NamedPresetMixin, CausalLM):
         self.contrastive_alignment = None
         self.multimodal_loss = None
         if multimodal:
+            image_token_ids = [backbone.image_token_id, *IMAGE_MARKER_TOKEN_IDS]
             self.contrastive_alignment = ContrastiveAlignment(
-                backbone.hidden_dim, backbone.image_token_id, name="contrastive_alignment"
+                backbone.hidden_dim, image_token_ids, text_encoder=self._encode_text_only,
+                name="contrastive_alignment",
             )
             self.multimodal_loss = MultimodalLoss(weighting=loss_weighting, name="multimodal_loss")
             self.multimodal_loss.build()
@@ -114,13 +119,33 @@ class VishwamCausalLM(NamedPresetMixin, CausalLM):
         logits = keras.layers.Activation("linear", dtype="float32", name="logits")(logits)
         if multimodal:
             logits = self.contrastive_alignment(
-                logits, hidden_states, outputs["image_embedding"], outputs["image_present"],
+                logits, outputs["image_embedding"], outputs["image_present"],
                 inputs["token_ids"], inputs["padding_mask"],
             )
         super().__init__(inputs=inputs, outputs=logits, **kwargs)
         self.use_contrastive_loss = use_contrastive_loss
         self.loss_weighting = loss_weighting
         self._generate_functions = {}
+
+    def _encode_text_only(self, token_ids, padding_mask):
+        return self.backbone.decode(
+            {"token_ids": token_ids, "padding_mask": padding_mask}, text_only=True
+        )
+
+    def embed_images(self, images, image_mask=None):
+        """Contrastive image embeddings `(batch, hidden_dim)` (one pooled vector per row)."""
+        inputs = self.backbone.complete_inputs(
+            {"token_ids": ops.zeros((ops.shape(images)[0], 1), "int32"), "images": images,
+             "image_mask": image_mask}
+        )
+        vision = self.backbone.encode_images(inputs["images"], inputs["image_mask"])
+        return self.contrastive_alignment.embed_image(vision[2])
+
+    def embed_texts(self, token_ids, padding_mask):
+        """Contrastive text embeddings `(batch, hidden_dim)` from a text-only pass."""
+        return self.contrastive_alignment.embed_text(
+            ops.convert_to_tensor(token_ids, "int32"), ops.convert_to_tensor(padding_mask)
+        )
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         """Language-model loss; with images also the SigLIP loss, weighted by `MultimodalLoss`.

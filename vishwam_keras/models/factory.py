@@ -40,6 +40,25 @@ def create_multimodal_model(config=None, preprocessor=None, dtype=None, **config
     return VishwamCausalLM(config.build_backbone(dtype=dtype), preprocessor=preprocessor)
 
 
+def create_preprocessor(config, sequence_length=128):
+    """The bundled tokenizer (+ an image converter for a vision config) as a preprocessor."""
+    from vishwam_keras.models.image_converter import VishwamImageConverter
+    from vishwam_keras.models.preprocessor import VishwamCausalLMPreprocessor
+    from vishwam_keras.models.tokenizer import VishwamTokenizer, default_vocabulary_path
+
+    image_converter = None
+    if config.vision_encoder_kwargs() is not None:
+        image_converter = VishwamImageConverter(
+            image_size=config.image_size, num_channels=config.num_channels
+        )
+    return VishwamCausalLMPreprocessor(
+        VishwamTokenizer(proto=default_vocabulary_path()),
+        image_converter=image_converter,
+        sequence_length=sequence_length,
+        num_vision_tokens_per_image=config.num_vision_tokens,
+    )
+
+
 @keras.saving.register_keras_serializable(package="vishwam_keras")
 class GemmaInspiredMultimodalTransformer(VishwamCausalLM):
     """The seed design's model class: a `VishwamCausalLM` built from a `MultimodalConfig`.

@@ -565,24 +565,31 @@ class ContrastiveAlignment(keras.layers.Layer):
     """Pass-through layer that adds the SigLIP loss between pooled image and text in training.
 
     Sits after the logits in `VishwamCausalLM`'s graph and returns them unchanged. In
-    training, for rows with an image, it pools the text (mean of the final hidden states over
-    real non-image tokens), projects both pooled vectors and adds
-    `SigmoidContrastiveLoss(image, text, present)` with `add_loss`; the model's `compute_loss`
-    combines it with the language-model loss through `MultimodalLoss`. Text-only batches add
-    nothing. The text embedding comes from the same forward pass, so after an interleaved
-    image it has seen that image: the loss then pushes image features to be distinguishable
-    rather than training an independent text tower.
+    training, for rows with an image, it embeds the text with a text-only pass of the
+    decoder (images removed, so the text tower never sees the image it is matched with,
+    as in SigLIP's two towers; this costs one extra decoder pass on image batches),
+    projects the pooled text and image vectors and adds
+    `SigmoidContrastiveLoss(image, text, present)` with `add_loss`; the model's
+    `compute_loss` combines it with the language-model loss through `MultimodalLoss`.
+    Text-only batches add nothing, and inference never runs the extra pass.
 
     Args:
         hidden_dim: int. Width of the pooled vectors and projections.
-        image_token_id: int. Placeholder id, excluded from the text pooling.
+        image_token_ids: list of ints. Image placeholder/marker ids, excluded from the
+            text pooling.
+        text_encoder: callable `(token_ids, padding_mask) -> hidden states`, set by the
+            model (not serialised).
         initial_temperature, initial_bias: SigLIP initialisation. Defaults to 10 and -10.
     """
 
-    def __init__(self, hidden_dim, image_token_id, initial_temperature=10.0, initial_bias=-10.0, **kwargs):
+    def __init__(
+        self, hidden_dim, image_token_ids, text_encoder=None, initial_temperature=10.0,
+        initial_bias=-10.0, **kwargs,
+    ):
         super().__init__(**kwargs)
         self.hidden_dim = hidden_dim
-        self.image_token_id = image_token_id
+        self.image_token_ids = list(image_token_ids)
+        self._text_encoder = text_encoder
         self.initial_temperature = initial_temperature
         self.initial_bias = initial_bias
         self.head = SigmoidContrastiveLoss(initial_temperature, initial_bias, name="head")
@@ -599,22 +606,23 @@ class ContrastiveAlignment(keras.layers.Layer):
         self.image_projection.build((None, self.hidden_dim))
         self.built = True
 
-    def text_embedding(self, sequence_output, token_ids, padding_mask):
-        keep = ops.logical_and(
-            ops.cast(padding_mask, "bool"), ops.not_equal(token_ids, self.image_token_id)
-        )
-        weights = ops.cast(keep, sequence_output.dtype)[:, :, None]
-        pooled = ops.sum(sequence_output * weights, axis=1) / ops.maximum(ops.sum(weights, axis=1), 1.0)
+    def embed_text(self, token_ids, padding_mask):
+        """Projected text embeddings `(batch, hidden_dim)` from a text-only decoder pass."""
+        hidden = self._text_encoder(token_ids, padding_mask)
+        keep = ops.cast(padding_mask, "bool")
+        for token_id in self.image_token_ids:
+            keep = ops.logical_and(keep, ops.not_equal(token_ids, token_id))
+        weights = ops.cast(keep, hidden.dtype)[:, :, None]
+        pooled = ops.sum(hidden * weights, axis=1) / ops.maximum(ops.sum(weights, axis=1), 1.0)
         return self.text_projection(pooled)
 
-    def loss(self, sequence_output, image_embedding, image_present, token_ids, padding_mask):
-        text = self.text_embedding(sequence_output, token_ids, padding_mask)
-        image = self.image_projection(image_embedding)
-        return self.head(image, text, present=image_present)
+    def embed_image(self, image_embedding):
+        return self.image_projection(image_embedding)
 
-    def call(self, logits, sequence_output, image_embedding, image_present, token_ids, padding_mask, training=None):
+    def call(self, logits, image_embedding, image_present, token_ids, padding_mask, training=None):
         if training and image_present.shape[-1] != 0:
-            self.add_loss(self.loss(sequence_output, image_embedding, image_present, token_ids, padding_mask))
+            text = self.embed_text(token_ids, padding_mask)
+            self.add_loss(self.head(self.embed_image(image_embedding), text, present=image_present))
         return logits
 
     def compute_output_shape(self, logits_shape, *shapes):
@@ -625,7 +633,7 @@ class ContrastiveAlignment(keras.layers.Layer):
         config.update(
             {
                 "hidden_dim": self.hidden_dim,
-                "image_token_id": self.image_token_id,
+                "image_token_ids": self.image_token_ids,
                 "initial_temperature": self.initial_temperature,
                 "initial_bias": self.initial_bias,
             }
