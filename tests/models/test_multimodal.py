@@ -154,3 +154,16 @@ def test_bad_multimodal_inputs(inputs, error, match):
     lm = VishwamCausalLM(tiny_vision_backbone(), preprocessor=preprocessor)
     with pytest.raises(error, match=match):
         lm.generate(inputs, max_length=16)
+
+
+def test_contrastive_loss_is_reported_and_only_for_image_batches():
+    lm = VishwamCausalLM(tiny_vision_backbone("interleave"))
+    lm.compile(optimizer="adam")
+    x = _batch((1, 1, 1, 1))
+    history = lm.fit(x, x["token_ids"], batch_size=4, epochs=2, verbose=0).history
+    assert history["contrastive_loss"][-1] < history["contrastive_loss"][0]
+    assert "language_modeling_loss" in history
+    restored = VishwamCausalLM.from_config(lm.get_config())
+    assert restored.multimodal_loss.weighting == "uncertainty"
+    # Text-only models keep the loss given to compile().
+    assert VishwamCausalLM(tiny_vision_backbone(), use_contrastive_loss=False).multimodal_loss is None

@@ -282,7 +282,10 @@ def test_default_patterns_match_the_multimodal_backbone():
         {v.path for v in plan["trainable_variables"]} for plan in check_curriculum(model, default_curriculum(30))
     )
     everything = {v.path for v in model.trainable_variables}
-    vision = {p for p in everything if "vision_encoder" in p or "cross_attention_1" in p}
+    vision = {
+        p for p in everything
+        if any(k in p for k in ("vision_encoder", "cross_attention_1", "contrastive", "multimodal_loss"))
+    }
     assert vision and text == everything - vision
     assert align == vision
     assert finetune == everything

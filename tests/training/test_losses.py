@@ -231,21 +231,3 @@ def test_mixin_trains_heads_and_reports_parts_in_fit_logs():
 
 
 @pytest.mark.slow
-def test_mixin_on_causal_lm_text_only_equals_language_model_loss():
-    from conftest import tiny_backbone_kwargs
-    from vishwam_keras import VishwamBackbone, VishwamCausalLM
-
-    class MultimodalCausalLM(MultimodalLossMixin, VishwamCausalLM):
-        pass
-
-    lm = MultimodalCausalLM(VishwamBackbone(**tiny_backbone_kwargs(num_layers=1)), loss_weighting="fixed")
-    assert any(v.path.endswith("contrastive_head/bias") for v in lm.trainable_variables)
-    x = {"token_ids": np.random.randint(0, 97, (2, 6)).astype("int32"), "padding_mask": np.ones((2, 6), "int32")}
-    y = np.random.randint(0, 97, (2, 6))
-    mask = np.ones((2, 6), "float32")
-    logits = lm(x)
-    np.testing.assert_allclose(
-        _np(lm.compute_loss(x, y, logits, mask)), np_language_model_loss(y, _np(logits), mask), rtol=1e-5
-    )
-    restored = MultimodalCausalLM.from_config(lm.get_config())
-    assert restored.multimodal_loss.weighting == "fixed"

@@ -1,7 +1,7 @@
 """Atomic checkpoints of a training run, and resuming from the latest one.
 
-A checkpoint is a folder `step-NNNNNNNN/` with the model weights, the optimizer variables
-and `state.json`; it is written under a temporary name and renamed, and `LATEST` (itself
+A checkpoint is a folder `step-NNNNNNNN/` with the model weights and the optimizer variables
+(NumPy archives, assigned in order and checked by shape) and `state.json`; it is written under a temporary name and renamed, and `LATEST` (itself
 replaced atomically) names the newest. A kill at any moment leaves the previous checkpoint.
 """
 
@@ -14,7 +14,7 @@ import keras
 import numpy as np
 
 LATEST_FILE = "LATEST"
-WEIGHTS_FILE = "model.weights.h5"
+WEIGHTS_FILE = "model_weights.npz"
 OPTIMIZER_FILE = "optimizer.npz"
 STATE_FILE = "state.json"
 FORMAT_VERSION = 1
@@ -39,10 +39,14 @@ def save_checkpoint(directory, model, state, keep=2):
     final = os.path.join(directory, name)
     temporary = tempfile.mkdtemp(dir=directory, prefix=f".{name}.tmp-")
     try:
-        model.save_weights(os.path.join(temporary, WEIGHTS_FILE))
+        weights = {f"w{i}": keras.ops.convert_to_numpy(v.value) for i, v in enumerate(model.weights)}
+        np.savez(os.path.join(temporary, WEIGHTS_FILE), **weights)
+        with open(os.path.join(temporary, "weight_paths.json"), "w") as f:
+            json.dump([v.path for v in model.weights], f)
         optimizer = getattr(model, "optimizer", None)
         if optimizer is not None and optimizer.built:
-            arrays = {f"v{i}": keras.ops.convert_to_numpy(v.value) for i, v in enumerate(optimizer.variables)}
+            # Keyed by path without the optimizer's own (auto-numbered) name.
+            arrays = {_optimizer_key(v): keras.ops.convert_to_numpy(v.value) for v in optimizer.variables}
             np.savez(os.path.join(temporary, OPTIMIZER_FILE), **arrays)
         with open(os.path.join(temporary, STATE_FILE), "w") as f:
             json.dump({"format_version": FORMAT_VERSION, **state}, f)
@@ -96,26 +100,42 @@ def load_checkpoint(path, model):
             f"Checkpoint '{path}' has format_version {state['format_version']}, newer than this "
             f"library's {FORMAT_VERSION}. Upgrade vishwam_keras to resume it."
         )
-    weights = os.path.join(path, WEIGHTS_FILE)
+    weights_path = os.path.join(path, WEIGHTS_FILE)
     try:
-        model.load_weights(weights)
+        with np.load(weights_path) as arrays:
+            values = [arrays[f"w{i}"] for i in range(len(arrays.files))]
     except Exception as error:
-        raise ValueError(f"Cannot load weights file '{weights}': {error}") from error
+        raise ValueError(f"Cannot read weights file '{weights_path}': {error}") from error
+    if len(values) != len(model.weights) or any(
+        tuple(v.shape) != tuple(value.shape) for v, value in zip(model.weights, values)
+    ):
+        raise ValueError(
+            f"Weights file '{weights_path}' holds {len(values)} arrays that do not match the "
+            f"model's {len(model.weights)} weights (shapes differ). Was the model changed?"
+        )
+    for variable, value in zip(model.weights, values):
+        variable.assign(value)
     optimizer_path = os.path.join(path, OPTIMIZER_FILE)
     optimizer = getattr(model, "optimizer", None)
     if os.path.isfile(optimizer_path) and optimizer is not None:
         if not optimizer.built:
             optimizer.build(model.trainable_variables)
         with np.load(optimizer_path) as arrays:
-            values = [arrays[f"v{i}"] for i in range(len(arrays.files))]
-        if len(values) != len(optimizer.variables):
+            saved = {key: arrays[key] for key in arrays.files}
+        keys = [_optimizer_key(v) for v in optimizer.variables]
+        if sorted(keys) != sorted(saved):
             raise ValueError(
-                f"Optimizer state in '{optimizer_path}' has {len(values)} variables; the "
-                f"optimizer has {len(optimizer.variables)}. Was the model or optimizer changed?"
+                f"Optimizer state in '{optimizer_path}' does not match the optimizer: missing "
+                f"{sorted(set(keys) - set(saved))[:5]}, unexpected {sorted(set(saved) - set(keys))[:5]}. "
+                "Was the model, the curriculum stage or the optimizer changed?"
             )
-        for variable, value in zip(optimizer.variables, values):
-            variable.assign(value)
+        for variable, key in zip(optimizer.variables, keys):
+            variable.assign(saved[key])
     return state
+
+
+def _optimizer_key(variable):
+    return variable.path.split("/", 1)[-1]
 
 
 class CheckpointCallback(keras.callbacks.Callback):

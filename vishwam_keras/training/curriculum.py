@@ -738,6 +738,8 @@ def run_curriculum(
     validation_data=None,
     batch_size=32,
     verbose="auto",
+    start_stage=0,
+    start_offset=0,
 ):
     """Train `model` through every stage of a curriculum; returns one merged `History`.
 
@@ -764,6 +766,10 @@ def run_curriculum(
         validation_data: `None` or data for `fit`'s `validation_data`. Defaults to `None`.
         batch_size: int. Batch size for array inputs. Defaults to `32`.
         verbose: `fit`'s verbosity. Defaults to `"auto"`.
+        start_stage, start_offset: resume inside the curriculum: skip the stages before
+            `start_stage` and the first `start_offset` steps (and batches) of it. The model
+            and optimizer must already be in that stage's state (see
+            `training.pipeline`). Defaults to `0, 0`.
 
     Returns:
         A `keras.callbacks.History` over all stages, with a `"stage"` entry per epoch,
@@ -781,21 +787,29 @@ def run_curriculum(
     curriculum._check_schedule(model.optimizer)
     curriculum._driven_externally = True
     curriculum.set_model(model)
-    histories = []
+    histories, ran = [], []
     step = int(ops.convert_to_numpy(model.optimizer.iterations.value))
     for index, (stage, data) in enumerate(zip(stages, stage_data)):
+        if index < start_stage:
+            continue
+        offset = start_offset if index == start_stage else 0
+        if offset >= stage.steps:
+            continue
+        if offset:
+            data = data.skip(offset)
         curriculum.enter_stage(index, model, step=step)
+        ran.append(stage)
         histories.append(
             model.fit(
                 data,
                 epochs=index + 1,
                 initial_epoch=index,
-                steps_per_epoch=stage.steps,
+                steps_per_epoch=stage.steps - offset,
                 callbacks=callbacks + [curriculum],
                 validation_data=validation_data,
                 shuffle=False,  # datasets shuffle themselves; Keras warns otherwise
                 verbose=verbose,
             )
         )
-        step += stage.steps
-    return _merge_histories(model, stages, histories)
+        step += stage.steps - offset
+    return _merge_histories(model, ran, histories)

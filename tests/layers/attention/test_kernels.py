@@ -166,14 +166,14 @@ def test_automatic_choice_and_record():
     assert kernels.last_attention_implementation() == "xla"
     long_q, long_k = np.zeros((1, 2048, 1, 8), "float32"), np.zeros((1, 2048, 1, 8), "float32")
     mask = kernels.masks_lib.AttentionMask(None, None, causal=True)
-    choice, _ = kernels.choose_implementation(long_q, long_k, mask, static_positions=True)
+    choice = kernels.choose_implementation(long_q, long_k, mask, static_positions=True)
     expected = {"cpu": "blockwise", "gpu": "blockwise", "tpu": "splash", None: "blockwise"}
     assert choice == expected[kernels._jax_platform()]
     windowed = kernels.masks_lib.AttentionMask(None, None, sliding_window=128)
     q1024 = np.zeros((1, 1024, 1, 8), "float32")
-    assert kernels.choose_implementation(q1024, q1024, windowed)[0] == "blockwise"
+    assert kernels.choose_implementation(q1024, q1024, windowed) == "blockwise"
     decode = np.zeros((1, 1, 1, 8), "float32")
-    assert kernels.choose_implementation(decode, long_k, mask)[0] == "xla"
+    assert kernels.choose_implementation(decode, long_k, mask) == "xla"
 
 
 def test_attention_logging(caplog):

@@ -1,0 +1,127 @@
+import dataclasses
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import tiny_backbone_kwargs
+from vishwam_keras import VishwamBackbone, VishwamCausalLM
+from vishwam_keras.training import checkpointing
+from vishwam_keras.training.pipeline import (
+    MEDIUM_MODEL_TRAINING_CONFIG,
+    AdvancedTrainingConfig,
+    main_training_pipeline,
+)
+
+STAGES = [
+    {"name": "first", "steps": 6, "modalities": ["text"]},
+    {"name": "second", "steps": 6, "modalities": ["text"], "frozen": ["decoder_block_0"]},
+]
+
+
+def _dataset():
+    tokens = np.random.default_rng(0).integers(4, 97, (16, 9)).astype("int32")
+    x = {"token_ids": tokens[:, :-1], "padding_mask": np.ones_like(tokens[:, :-1])}
+    return tf.data.Dataset.from_tensor_slices((x, tokens[:, 1:])).repeat().batch(4)
+
+
+def _model():
+    keras.utils.set_random_seed(0)
+    return VishwamCausalLM(VishwamBackbone(**tiny_backbone_kwargs()))
+
+
+class KillAt(keras.callbacks.Callback):
+    def __init__(self, step):
+        super().__init__()
+        self.step = step
+
+    def on_train_batch_end(self, batch, logs=None):
+        if int(keras.ops.convert_to_numpy(self.model.optimizer.iterations.value)) == self.step:
+            raise KeyboardInterrupt(f"killed at step {self.step}")
+
+
+def _config(tmp_path, **overrides):
+    kwargs = dict(
+        model="unused", curriculum_stages=STAGES, batch_size=4, checkpoint_every=2,
+        checkpoint_dir=str(tmp_path / "ckpt"), log_dir=str(tmp_path / "logs"),
+        learning_rate=1e-2, warmup_steps=2,
+    )
+    kwargs.update(overrides)
+    return AdvancedTrainingConfig(**kwargs)
+
+
+def test_killed_run_resumes_in_the_right_stage_and_matches_an_uninterrupted_run(tmp_path):
+    straight = main_training_pipeline(_dataset(), _config(tmp_path / "a"), model=_model(), verbose=0)
+    with pytest.raises(KeyboardInterrupt):
+        main_training_pipeline(
+            _dataset(), _config(tmp_path / "b"), model=_model(), callbacks=[KillAt(9)], verbose=0
+        )
+    assert checkpointing.latest_checkpoint(str(tmp_path / "b" / "ckpt")).endswith("step-00000008")
+    resumed = main_training_pipeline(_dataset(), _config(tmp_path / "b"), model=_model(), verbose=0)
+    assert resumed.resumed_from_step == 8
+    for a, b in zip(straight.model.weights, resumed.model.weights):
+        np.testing.assert_allclose(
+            keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b), atol=1e-5, err_msg=a.path
+        )
+    assert resumed.log_path.endswith("training_log.csv") and resumed.plot_path.endswith(".png")
+
+
+def test_frozen_layer_is_bit_identical_through_its_stage(tmp_path):
+    model = _model()
+    config = _config(tmp_path, checkpoint_dir=None)
+    config.curriculum_stages[0] = dataclasses.replace(config.curriculum_stages[0], steps=3)
+    before = {}
+
+    def remember(index, stage):
+        if stage.name == "second":
+            before.update({v.path: keras.ops.convert_to_numpy(v).copy() for v in model.weights})
+
+    from vishwam_keras.training import curriculum
+
+    original = curriculum.CurriculumCallback.__init__
+
+    def patched(self, stages, on_stage_change=None, **kwargs):
+        original(self, stages, on_stage_change=remember, **kwargs)
+
+    curriculum.CurriculumCallback.__init__ = patched
+    try:
+        main_training_pipeline(_dataset(), config, model=model, verbose=0)
+    finally:
+        curriculum.CurriculumCallback.__init__ = original
+    for v in model.weights:
+        after = keras.ops.convert_to_numpy(v)
+        if v.path.startswith("decoder_block_0/"):
+            np.testing.assert_array_equal(after, before[v.path])
+        elif v.path.startswith("decoder_block_1/") and v.path.endswith("kernel"):
+            assert not np.array_equal(after, before[v.path])
+
+
+def test_seed_medium_config_runs_scaled_down(tmp_path):
+    from vishwam_keras import TINY_CONFIG
+
+    config = dataclasses.replace(
+        MEDIUM_MODEL_TRAINING_CONFIG, model=TINY_CONFIG, curriculum_stages=STAGES[:1],
+        batch_size=4, sequence_length=8, use_mixed_precision=False, checkpoint_every=100,
+    )
+    tokens = np.random.default_rng(0).integers(4, 97, (8, 9)).astype("int32")
+    data = tf.data.Dataset.from_tensor_slices(
+        ({"token_ids": tokens[:, :-1], "padding_mask": np.ones_like(tokens[:, :-1])}, tokens[:, 1:])
+    ).repeat().batch(4)
+    model = VishwamCausalLM(TINY_CONFIG.build_backbone())
+    result = main_training_pipeline(train_dataset=data, config=config, model=model, verbose=0)
+    assert len(result.history.history["loss"]) == 1
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(batch_size=0), "batch_size"),
+        (dict(curriculum_stages=[{"name": "x", "steps": 0, "modalities": ["text"]}]), "steps"),
+        (dict(curriculum_stages=[{"name": "x", "steps": 5, "modalities": ["audio"]}]), "modalit"),
+        (dict(learning_rate=-1.0), "learning_rate"),
+    ],
+)
+def test_bad_configs_fail_before_training(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        AdvancedTrainingConfig(**kwargs)

@@ -1,0 +1,357 @@
+"""The training pipeline: data + model + curriculum + callbacks -> `fit`, resumable.
+
+`main_training_pipeline(train_dataset, config)` is the seed design's one call; it builds or
+takes the model, compiles it with a stage-aware schedule, runs the curriculum through
+`model.fit`, checkpoints atomically and resumes from the last checkpoint when rerun.
+"""
+
+import csv
+import dataclasses
+import os
+from typing import List, Optional, Union
+
+import keras
+import numpy as np
+
+from vishwam_keras import config as config_lib
+from vishwam_keras.training import checkpointing
+from vishwam_keras.training.curriculum import (
+    CurriculumStage,
+    apply_stage,
+    as_stages,
+    default_curriculum,
+    rebuild_optimizer,
+    run_curriculum,
+)
+from vishwam_keras.training.schedules import AdaptiveLearningRateSchedule
+
+
+@dataclasses.dataclass
+class AdvancedTrainingConfig:
+    """Everything a training run needs besides the data.
+
+    Args:
+        model: `MultimodalConfig` or a preset name. Defaults to `FASHION_TINY_CONFIG`.
+        curriculum_stages: list of `CurriculumStage` or dicts (`{"name", "steps",
+            "modalities", ...}`); `None` uses `default_curriculum(total_steps)`.
+        total_steps: int. Steps of the default curriculum. Defaults to `1500`.
+        use_curriculum: bool. `False` trains all stages' steps as one stage on all data.
+        use_flash_attention: bool. Use the block-wise (FlashAttention-2) kernel.
+        use_mixed_precision: bool. Train under `mixed_bfloat16` (loss, softmax, norms and
+            soft caps stay float32).
+        gradient_checkpointing: bool. Rematerialise activations (`keras.RematScope`).
+        batch_size, sequence_length: ints.
+        learning_rate, weight_decay, warmup_steps: optimiser settings (AdamW); the
+            schedule warms up and decays per stage.
+        checkpoint_dir: `None` or str. Checkpoints and resume.
+        checkpoint_every: int. Steps between checkpoints.
+        log_dir: `None` or str. Per-step CSV log and loss plot.
+        seed: int.
+        use_contrastive_loss, loss_weighting: passed to `VishwamCausalLM`.
+    """
+
+    model: Union[config_lib.MultimodalConfig, str, None] = None
+    curriculum_stages: Optional[List[Union[CurriculumStage, dict]]] = None
+    total_steps: int = 1500
+    use_curriculum: bool = True
+    use_flash_attention: bool = False
+    use_mixed_precision: bool = False
+    gradient_checkpointing: bool = False
+    batch_size: int = 32
+    sequence_length: int = 64
+    learning_rate: float = 2e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 50
+    checkpoint_dir: Optional[str] = None
+    checkpoint_every: int = 100
+    log_dir: Optional[str] = None
+    seed: int = 0
+    use_contrastive_loss: bool = True
+    loss_weighting: str = "uncertainty"
+
+    def __post_init__(self):
+        if self.model is None:
+            self.model = config_lib.FASHION_TINY_CONFIG
+        for name in ("total_steps", "batch_size", "sequence_length", "checkpoint_every"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"`{name}` must be a positive int. Received: {name}={value!r}")
+        if not self.learning_rate > 0:
+            raise ValueError(f"`learning_rate` must be positive. Received: {self.learning_rate!r}")
+        if self.curriculum_stages is not None:
+            self.curriculum_stages = as_stages(self.curriculum_stages)
+
+    def stages(self):
+        stages = self.curriculum_stages or default_curriculum(self.total_steps)
+        if self.use_curriculum:
+            return list(stages)
+        modalities = sorted({m for stage in stages for m in stage.modalities})
+        return [CurriculumStage(name="all", steps=sum(s.steps for s in stages), modalities=modalities)]
+
+
+SMALL_MODEL_TRAINING_CONFIG = AdvancedTrainingConfig()
+MEDIUM_MODEL_TRAINING_CONFIG = AdvancedTrainingConfig(
+    model=config_lib.VISHWAM_4B_CONFIG,
+    curriculum_stages=[
+        {"name": "text_pretraining", "steps": 10000, "modalities": ["text"]},
+        {"name": "vision_alignment", "steps": 20000, "modalities": ["text", "vision"]},
+        {"name": "multimodal_finetuning", "steps": 70000, "modalities": ["text", "vision"]},
+    ],
+    use_flash_attention=True,
+    use_mixed_precision=True,
+    gradient_checkpointing=True,
+    batch_size=256,
+    sequence_length=2048,
+    learning_rate=3e-4,
+    warmup_steps=2000,
+    checkpoint_every=1000,
+)
+LARGE_MODEL_TRAINING_CONFIG = dataclasses.replace(
+    MEDIUM_MODEL_TRAINING_CONFIG, model=config_lib.VISHWAM_12B_CONFIG, learning_rate=2e-4,
+    batch_size=512,
+)
+
+
+@dataclasses.dataclass
+class TrainingResult:
+    """What `main_training_pipeline` returns: the trained model, its history and logs."""
+
+    model: keras.Model
+    history: keras.callbacks.History
+    resumed_from_step: int = 0
+    log_path: Optional[str] = None
+    plot_path: Optional[str] = None
+
+
+class StepLogger(keras.callbacks.Callback):
+    """Per-step loss (and parts) with the curriculum stage, for the CSV log and plot."""
+
+    def __init__(self, stage_of_step):
+        super().__init__()
+        self.stage_of_step = stage_of_step
+        self.rows = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations.value))
+        row = {"step": step, "stage": self.stage_of_step(step - 1)}
+        row.update({k: float(v) for k, v in (logs or {}).items() if np.ndim(v) == 0})
+        self.rows.append(row)
+
+
+def build_model(config, preprocessor=None):
+    """A `VishwamCausalLM` for `config.model` (a `MultimodalConfig` or a preset name)."""
+    from vishwam_keras.models.causal_lm import VishwamCausalLM
+    from vishwam_keras.models.factory import create_preprocessor
+
+    model_config = config.model
+    if isinstance(model_config, str):
+        return VishwamCausalLM.from_preset(model_config)
+    if config.use_flash_attention:
+        model_config = dataclasses.replace(model_config, attention_implementation="blockwise")
+    if preprocessor is None:
+        preprocessor = create_preprocessor(model_config, config.sequence_length)
+    scope = keras.RematScope(mode="full") if config.gradient_checkpointing else _null_scope()
+    with scope:
+        backbone = model_config.build_backbone()
+    return VishwamCausalLM(
+        backbone,
+        preprocessor=preprocessor,
+        use_contrastive_loss=config.use_contrastive_loss,
+        loss_weighting=config.loss_weighting,
+    )
+
+
+class _null_scope:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *args):
+        return False
+
+
+def compile_for_curriculum(model, config, stages):
+    schedule = AdaptiveLearningRateSchedule.from_stages(
+        stages, config.learning_rate, warmup_steps=min(config.warmup_steps, min(s.steps for s in stages))
+    )
+    model.compile(
+        optimizer=keras.optimizers.AdamW(schedule, weight_decay=config.weight_decay, clipnorm=1.0),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        weighted_metrics=["accuracy"],
+        sampler="greedy",
+    )
+    schedule.attach(model.optimizer)
+    return schedule
+
+
+def _stage_datasets(train_dataset, stages, config):
+    if train_dataset is None:
+        from vishwam_keras.data.pipelines import stage_datasets
+
+        train_dataset = stage_datasets(config.batch_size, seed=config.seed, repeat=True)
+    if isinstance(train_dataset, dict):
+        missing = [s.name for s in stages if s.name not in train_dataset]
+        if missing and not (len(stages) == 1 and stages[0].name == "all"):
+            raise ValueError(
+                f"`train_dataset` has no dataset for stages {missing}. Keys: {sorted(train_dataset)}"
+            )
+        if len(stages) == 1 and stages[0].name == "all" and "all" not in train_dataset:
+            return {"all": list(train_dataset.values())[-1]}
+        return dict(train_dataset)
+    return {stage.name: train_dataset for stage in stages}
+
+
+def _resume(model, stages, directory):
+    """Load the latest checkpoint; return (global step, stage index, steps done in it)."""
+    path = checkpointing.latest_checkpoint(directory) if directory else None
+    if path is None:
+        return 0, 0, 0
+    with open(os.path.join(path, checkpointing.STATE_FILE)) as f:
+        import json
+
+        step = int(json.load(f)["step"])
+    boundaries = np.cumsum([s.steps for s in stages])
+    if step >= boundaries[-1]:
+        index, done = len(stages) - 1, stages[-1].steps
+    else:
+        index = int(np.searchsorted(boundaries, step, side="right"))
+        done = step - (int(boundaries[index - 1]) if index else 0)
+    # Freeze as the stage does and build its optimizer first, so its saved slots fit.
+    apply_stage(model, stages[index])
+    rebuild_optimizer(model)
+    checkpointing.load_checkpoint(path, model)
+    print(f"Resumed from {path}: step {step}, stage {stages[index].name!r} ({done}/{stages[index].steps} steps done)")
+    return step, index, done
+
+
+def _write_logs(rows, stages, log_dir):
+    os.makedirs(log_dir, exist_ok=True)
+    csv_path = os.path.join(log_dir, "training_log.csv")
+    keys = sorted({k for row in rows for k in row}, key=lambda k: (k not in ("step", "stage"), k))
+    with open(csv_path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)
+    plot_path = os.path.join(log_dir, "training_loss.png")
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return csv_path, None
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for name in [s.name for s in stages]:
+        points = [(r["step"], r["loss"]) for r in rows if r["stage"] == name and "loss" in r]
+        if points:
+            ax.plot(*zip(*points), label=name)
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss (running mean per stage)")
+    ax.set_title("Curriculum training")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(plot_path, dpi=100)
+    plt.close(fig)
+    return csv_path, plot_path
+
+
+def main_training_pipeline(
+    train_dataset=None, config=SMALL_MODEL_TRAINING_CONFIG, model=None,
+    validation_dataset=None, callbacks=None, verbose="auto",
+):
+    """Train a model through the curriculum with one call; rerun the same call to resume.
+
+    Args:
+        train_dataset: `None` (FashionScenes + Shakespeare stage pipelines), a
+            `tf.data.Dataset` used by every stage, or a dict `{stage name: dataset}`.
+            Elements are the preprocessor's inputs (`prompts`/`responses`/`images`) or,
+            for a model without a preprocessor, `(x, y)` token batches.
+        config: `AdvancedTrainingConfig`. Defaults to `SMALL_MODEL_TRAINING_CONFIG`.
+        model: `None` (built from `config.model`) or a `VishwamCausalLM`.
+        validation_dataset: `None` or a dataset evaluated after each stage.
+        callbacks: `None` or extra Keras callbacks.
+        verbose: `fit`'s verbosity (progress bars by default).
+
+    Returns:
+        `TrainingResult(model, history, resumed_from_step, log_path, plot_path)`.
+
+    Example:
+    ```python
+    result = main_training_pipeline(config=SMALL_MODEL_TRAINING_CONFIG)
+    result.model.generate({"prompts": ["<start_of_image> Caption:"], "images": [[image]]})
+    ```
+    """
+    if not isinstance(config, AdvancedTrainingConfig):
+        raise TypeError(f"`config` must be an AdvancedTrainingConfig. Received: {type(config).__name__}")
+    stages = config.stages()
+    keras.utils.set_random_seed(config.seed)
+    previous_policy = keras.config.dtype_policy()
+    if config.use_mixed_precision:
+        keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        if model is None:
+            model = build_model(config)
+        datasets = _stage_datasets(train_dataset, stages, config)
+        compile_for_curriculum(model, config, stages)
+        step, index, done = _resume(model, stages, config.checkpoint_dir)
+        finished = index == len(stages) - 1 and done >= stages[-1].steps
+        boundaries = np.cumsum([s.steps for s in stages])
+
+        def stage_of_step(global_step):
+            return stages[min(int(np.searchsorted(boundaries, global_step, side="right")), len(stages) - 1)].name
+
+        logger = StepLogger(stage_of_step)
+        all_callbacks = [keras.callbacks.TerminateOnNaN(), logger] + list(callbacks or [])
+        if config.checkpoint_dir:
+            all_callbacks.insert(
+                1, checkpointing.CheckpointCallback(config.checkpoint_dir, config.checkpoint_every)
+            )
+        history = keras.callbacks.History()
+        if not finished:
+            history = run_curriculum(
+                model,
+                {s.name: datasets[s.name] for s in stages},
+                stages,
+                callbacks=all_callbacks,
+                validation_data=validation_dataset,
+                batch_size=config.batch_size,
+                verbose=verbose,
+                start_stage=index,
+                start_offset=done,
+            )
+        log_path = plot_path = None
+        if config.log_dir:
+            log_path, plot_path = _write_logs(logger.rows, stages, config.log_dir)
+        return TrainingResult(model, history, step, log_path, plot_path)
+    finally:
+        keras.config.set_dtype_policy(previous_policy)
+
+
+class MultimodalTrainer:
+    """The seed design's trainer object around `main_training_pipeline`.
+
+    Example:
+    ```python
+    trainer = MultimodalTrainer(SMALL_MODEL_TRAINING_CONFIG)
+    result = trainer.train()          # FashionScenes curriculum; rerun to resume
+    trainer.model.generate(...)
+    ```
+    """
+
+    def __init__(self, config=SMALL_MODEL_TRAINING_CONFIG, model=None):
+        if isinstance(config, dict):
+            config = AdvancedTrainingConfig(**config)
+        self.config = config
+        self.model = model
+        self.result = None
+
+    def train(self, train_dataset=None, validation_dataset=None, callbacks=None, verbose="auto"):
+        self.result = main_training_pipeline(
+            train_dataset, self.config, model=self.model, validation_dataset=validation_dataset,
+            callbacks=callbacks, verbose=verbose,
+        )
+        self.model = self.result.model
+        return self.result
+
+    @property
+    def history(self):
+        return None if self.result is None else self.result.history
