@@ -8,6 +8,7 @@ from vishwam_keras.config import (
     GEMMA_1B_TEXT_CONFIG,
     GEMMA_4B_MULTIMODAL_CONFIG,
     GEMMA_12B_MULTIMODAL_CONFIG,
+    FASHION_TINY_CONFIG,
     MODEL_CONFIGS,
     VISHWAM_1B_CONFIG,
     VISHWAM_4B_CONFIG,
@@ -42,6 +43,36 @@ from vishwam_keras.models.image_converter import VishwamImageConverter
 from vishwam_keras.models.preprocessor import VishwamCausalLMPreprocessor
 from vishwam_keras.models.presets import available_presets
 from vishwam_keras.models.tokenizer import VishwamTokenizer
+
+from vishwam_keras.training.callbacks import LossSpikeGuard
+from vishwam_keras.training.checkpointing import CheckpointCallback
+from vishwam_keras.training.curriculum import (
+    CurriculumCallback,
+    CurriculumStage,
+    default_curriculum,
+    run_curriculum,
+)
+from vishwam_keras.training.losses import (
+    LanguageModelLoss,
+    MultimodalLoss,
+    SigmoidContrastiveLoss,
+    language_model_loss,
+    sigmoid_contrastive_loss,
+)
+from vishwam_keras.training.pipeline import (
+    LARGE_MODEL_TRAINING_CONFIG,
+    MEDIUM_MODEL_TRAINING_CONFIG,
+    SMALL_MODEL_TRAINING_CONFIG,
+    AdvancedTrainingConfig,
+    MultimodalTrainer,
+    TrainingResult,
+    main_training_pipeline,
+)
+from vishwam_keras.training.schedules import (
+    AdaptiveLearningRateSchedule,
+    AdaptiveLRCallback,
+    WarmupCosineSchedule,
+)
 
 # Seed-design names for the same classes.
 AdvancedRoPE = RotaryEmbedding

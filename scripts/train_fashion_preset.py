@@ -1,0 +1,25 @@
+"""Reproduces `vishwam_keras/presets/vishwam_tiny_fashion` from scratch (2-core CPU).
+
+    python scripts/train_fashion_preset.py [--steps 1200] [--checkpoint-dir DIR]
+
+Needs Fashion-MNIST (`apt-get install dataset-fashion-mnist`); rerun with the same
+`--checkpoint-dir` to resume after an interruption.
+"""
+
+import argparse
+
+from vishwam_keras.training.pipeline import train_fashion_preset
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--steps", type=int, default=1200)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--output", default=None)
+    parser.add_argument("--checkpoint-dir", default="fashion_checkpoints")
+    parser.add_argument("--log-dir", default="benchmarks/fashion_training")
+    args = parser.parse_args()
+    result, preset = train_fashion_preset(
+        output_dir=args.output, total_steps=args.steps, batch_size=args.batch_size,
+        checkpoint_dir=args.checkpoint_dir, log_dir=args.log_dir,
+    )
+    print(f"Saved preset to {preset}; log {result.log_path}; plot {result.plot_path}")
