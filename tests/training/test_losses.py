@@ -228,6 +228,3 @@ def test_mixin_trains_heads_and_reports_parts_in_fit_logs():
     assert history.history["loss"][-1] < history.history["loss"][0]
     assert float(_np(model.contrastive_head.bias)) != -10.0
     assert np.any(_np(model.multimodal_loss.log_variances) != 0.0)
-
-
-@pytest.mark.slow
