@@ -43,6 +43,7 @@ class RotaryEmbedding(keras.layers.Layer):
             )
         self.max_wavelength = max_wavelength
         self.scaling_factor = scaling_factor
+        self.built = True  # no weights; an unbuilt layer makes JAX `predict` trace op by op
 
     def _angles(self, positions, head_dim):
         exponents = ops.arange(0, head_dim // 2, dtype="float32") * (2.0 / head_dim)

@@ -36,7 +36,8 @@ def _static_shape(value):
     shape = getattr(value, "shape", None)
     if shape is None:
         shape = np.shape(value)
-    return tuple(None if d is None else int(d) for d in shape)
+    # Symbolic dimensions (jax2tf export, tf.function) are unknown here, not ints.
+    return tuple(int(d) if isinstance(d, (int, np.integer)) else None for d in shape)
 
 
 def _is_concrete(value):
