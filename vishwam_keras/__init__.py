@@ -17,6 +17,13 @@ from vishwam_keras.config import (
     MultimodalConfig,
     count_backbone_parameters,
 )
+from vishwam_keras.convert import from_keras_hub_gemma3
+from vishwam_keras.distribution import (
+    data_parallel,
+    get_layout_map,
+    memory_per_device,
+    model_parallel,
+)
 from vishwam_keras.layers.attention.cross_modal import CrossModalAttention
 from vishwam_keras.layers.attention.factory import create_attention_layer
 from vishwam_keras.layers.attention.grouped_query import (

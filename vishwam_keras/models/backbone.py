@@ -363,6 +363,32 @@ class VishwamBackbone(NamedPresetMixin, Backbone):
                     f"token_ids.shape={tuple(ids_shape)}"
                 )
 
+    @classmethod
+    def get_layout_map(
+        cls, device_mesh, model_parallel_dim_name="model", data_parallel_dim_name="batch",
+        config=None,
+    ):
+        """A `keras.distribution.LayoutMap` for model parallelism (see `distribution.py`).
+
+        Args:
+            device_mesh: `keras.distribution.DeviceMesh`.
+            model_parallel_dim_name, data_parallel_dim_name: mesh axis names.
+            config: `None`, a `MultimodalConfig`, a backbone config dict or a preset name.
+                With it, head counts that do not divide the model axis are replicated or
+                sharded on the hidden dimension; without it heads are not sharded.
+        """
+        from vishwam_keras.distribution import get_layout_map
+
+        if config is None:
+            return get_layout_map(
+                device_mesh, model_parallel_dim_name=model_parallel_dim_name,
+                data_parallel_dim_name=data_parallel_dim_name,
+            )
+        return get_layout_map(
+            config, device_mesh, model_parallel_dim_name=model_parallel_dim_name,
+            data_parallel_dim_name=data_parallel_dim_name,
+        )
+
     def complete_inputs(self, inputs):
         """Fill optional inputs: `padding_mask` (all ones), and for a vision model with no
         `images`, an empty image batch (the encoder is skipped); rank-4 `images` gain an
