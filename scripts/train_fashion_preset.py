@@ -1,6 +1,6 @@
 """Reproduces `vishwam_keras/presets/vishwam_tiny_fashion` from scratch (2-core CPU).
 
-    python scripts/train_fashion_preset.py [--steps 1200] [--checkpoint-dir DIR]
+    python scripts/train_fashion_preset.py [--steps 2000] [--checkpoint-dir DIR]
 
 Needs Fashion-MNIST (`apt-get install dataset-fashion-mnist`); rerun with the same
 `--checkpoint-dir` to resume after an interruption.
@@ -12,7 +12,8 @@ from vishwam_keras.training.pipeline import train_fashion_preset
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--steps", type=int, default=1200)
+    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--fractions", type=float, nargs=3, default=(0.1, 0.15, 0.75))
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--output", default=None)
     parser.add_argument("--checkpoint-dir", default="fashion_checkpoints")
@@ -20,6 +21,6 @@ if __name__ == "__main__":
     args = parser.parse_args()
     result, preset = train_fashion_preset(
         output_dir=args.output, total_steps=args.steps, batch_size=args.batch_size,
-        checkpoint_dir=args.checkpoint_dir, log_dir=args.log_dir,
+        checkpoint_dir=args.checkpoint_dir, log_dir=args.log_dir, fractions=tuple(args.fractions),
     )
     print(f"Saved preset to {preset}; log {result.log_path}; plot {result.plot_path}")

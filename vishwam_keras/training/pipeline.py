@@ -360,6 +360,21 @@ class MultimodalTrainer:
 FASHION_PRESET_NAME = "vishwam_tiny_fashion"
 
 
+def export_without_optimizer(model):
+    """An uncompiled copy sharing `model`'s weights, so a preset carries no optimizer state."""
+    from vishwam_keras.models.causal_lm import VishwamCausalLM
+
+    copy = VishwamCausalLM(
+        model.backbone, preprocessor=model.preprocessor,
+        use_contrastive_loss=model.use_contrastive_loss, loss_weighting=model.loss_weighting,
+    )
+    for name in ("contrastive_alignment", "multimodal_loss"):
+        source, target = getattr(model, name), getattr(copy, name)
+        if source is not None:
+            target.set_weights(source.get_weights())
+    return copy
+
+
 def train_fashion_preset(
     output_dir=None, total_steps=1200, batch_size=16, sequence_length=48, checkpoint_dir=None,
     log_dir=None, seed=0, verbose="auto", fractions=(0.25, 0.15, 0.6),
@@ -387,7 +402,7 @@ def train_fashion_preset(
     start = time.time()
     result = main_training_pipeline(config=config, verbose=verbose)
     seconds = time.time() - start
-    result.model.save_to_preset(output_dir)
+    export_without_optimizer(result.model).save_to_preset(output_dir)
     metadata_path = os.path.join(output_dir, "metadata.json")
     with open(metadata_path) as f:
         metadata = json.load(f)
