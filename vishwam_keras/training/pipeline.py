@@ -283,7 +283,10 @@ def main_training_pipeline(
     if not isinstance(config, AdvancedTrainingConfig):
         raise TypeError(f"`config` must be an AdvancedTrainingConfig. Received: {type(config).__name__}")
     stages = config.stages()
-    keras.utils.set_random_seed(config.seed)
+    if model is None:
+        # Not when a model is given: reseeding after a SentencePiece tokenizer exists breaks
+        # its resource inside tf.data on TensorFlow (a TF Text naming issue).
+        keras.utils.set_random_seed(config.seed)
     previous_policy = keras.config.dtype_policy()
     if config.use_mixed_precision:
         keras.config.set_dtype_policy("mixed_bfloat16")
