@@ -17,9 +17,10 @@ forward (or forward + backward: `grad` of `sum(out * w)` w.r.t. q, k, v), and re
 - XLA temp: `compiled.memory_analysis().temp_size_in_bytes`, the intermediate buffers XLA
   allocates for one call (exact, from the compiled program's buffer assignment; inputs and
   outputs are not included);
-- peak RSS: the process's peak resident memory during the timed runs minus its resident
-  memory just before them (after the warm-up run; peak reset through
-  /proc/self/clear_refs), i.e. what running the call really adds, allocator included.
+- peak RSS: the process's peak resident memory while running (warm-up and timed runs)
+  minus its resident memory just before, after compilation (peak reset through
+  /proc/self/clear_refs): what running the call really adds, allocator and first-call
+  runtime set-up (some tens of MiB) included.
 
 A configuration whose XLA temp exceeds `--max-temp-gb` (or the free memory less 2 GiB)
 is compiled but not run.
@@ -137,11 +138,13 @@ def run_worker(spec):
     def call():
         jax.block_until_ready(compiled(q, k, v))
 
-    start = time.perf_counter()
-    call()  # warm-up: first-call runtime set-up stays out of the memory measurement
-    warm_up = time.perf_counter() - start
+    # The peak covers the warm-up too: an allocator may keep the warm-up's buffers
+    # resident, and then the timed runs alone would add nothing.
     peak_reset = _reset_peak_rss()
     rss_before = _memory_kib("VmRSS")
+    start = time.perf_counter()
+    call()
+    warm_up = time.perf_counter() - start
     repeats = 5 if warm_up < 2 else (3 if warm_up < 20 else 1)
     times = []
     for _ in range(repeats):
@@ -191,17 +194,21 @@ def _run_one(spec, timeout):
     except subprocess.TimeoutExpired:
         return dict(spec, skipped=f"over the {timeout} s limit")
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode < 0:
+        return dict(spec, skipped=f"killed by signal {-done.returncode} (9: likely the OOM killer)")
     if done.returncode != 0 or not lines:
-        return dict(spec, skipped=f"failed (exit {done.returncode}): {done.stderr[-300:]}")
+        errors = [line for line in done.stderr.splitlines() if "Error" in line]
+        return dict(spec, skipped=f"failed (exit {done.returncode}): {errors[-1:] or ''}")
     return json.loads(lines[-1])
 
 
 def _cell(result, key, fmt):
     if result is None:
         return "-"
-    if "skipped" in result:
-        return "skipped"
     value = result.get(key)
+    if "skipped" in result:
+        # A configuration too big to run still reports what XLA would allocate.
+        return "skipped" if value is None else fmt.format(value) + " (not run)"
     return "-" if value is None else fmt.format(value)
 
 
@@ -226,7 +233,7 @@ def _markdown(machine, results, lengths, args, load_before, load_after):
         for title, key, fmt in (
             ("time, ms (median)", "time_ms", "{:.0f}"),
             ("XLA temp, MiB", "temp_mb", "{:.0f}"),
-            ("peak RSS added by the run, MiB", "peak_rss_mb", "{:.0f}"),
+            ("peak RSS added by running, MiB", "peak_rss_mb", "{:.0f}"),
         ):
             lines += [f"## {pass_name}: {title}", "", "| T | " + " | ".join(CONFIGS) + " |",
                       "|---|" + "---|" * len(CONFIGS)]

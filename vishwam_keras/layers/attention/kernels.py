@@ -74,7 +74,10 @@ def _jax_platform():
 
 
 def available_implementations():
-    """The implementations this backend and device can run (splash also emulated on CPU)."""
+    """The implementations this backend and device run natively.
+
+    Under JAX, splash also runs anywhere in Pallas interpret mode (`interpret=True`, slow).
+    """
     platform = _jax_platform()
     available = ["xla", "blockwise"]
     if platform == "tpu":
@@ -186,9 +189,14 @@ def choose_implementation(
     """Pick the implementation for this backend, device and shape.
 
     JAX on TPU -> splash; JAX on GPU -> cuDNN where it supports the call; long sequences
-    (kv_len >= 2048) or a sliding window much shorter than kv_len -> block-wise;
-    otherwise xla. Returns `(implementation, reason)`.
+    (q_len >= 128 and kv_len >= 2048) or a sliding window at most a quarter of kv_len ->
+    block-wise; otherwise xla. Returns the name.
     """
+    return _choose(query, key, mask, value, logit_soft_cap, static_positions)[0]
+
+
+def _choose(query, key, mask, value, logit_soft_cap, static_positions):
+    """`choose_implementation`, with the reason for the log."""
     platform = _jax_platform()
     q_len = query.shape[1]
     if platform == "tpu" and q_len is not None and q_len >= SPLASH_MIN_Q_LEN:
@@ -468,10 +476,7 @@ def cudnn_attention(query, key, value, mask, *, scale=None, jax_implementation="
 def _resolve(implementation, query, key, value, mask, logit_soft_cap, static_positions, interpret):
     """The implementation that runs, and why; a forced one the mask does not fit falls back."""
     if implementation is None:
-        return choose_implementation(
-            query, key, mask, value=value, logit_soft_cap=logit_soft_cap,
-            static_positions=static_positions,
-        )
+        return _choose(query, key, mask, value, logit_soft_cap, static_positions)
     _check_device(implementation, interpret)
     if implementation == "splash":
         ok, why = splash_supported(query, key, mask, static_positions=static_positions)
