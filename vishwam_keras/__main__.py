@@ -11,6 +11,31 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
+def _train(args):
+    import dataclasses
+
+    from vishwam_keras.training import pipeline
+
+    config = {
+        "small": pipeline.SMALL_MODEL_TRAINING_CONFIG,
+        "medium": pipeline.MEDIUM_MODEL_TRAINING_CONFIG,
+        "large": pipeline.LARGE_MODEL_TRAINING_CONFIG,
+    }[args.config]
+    changes = {"checkpoint_dir": args.checkpoint_dir, "log_dir": args.log_dir}
+    if args.steps is not None:
+        changes.update(total_steps=args.steps, curriculum_stages=None)
+    if args.batch_size is not None:
+        changes["batch_size"] = args.batch_size
+    config = dataclasses.replace(config, **changes)
+    if args.data != "fashion_scenes":
+        os.environ["VISHWAM_DATA_DIR"] = args.data
+    result = pipeline.main_training_pipeline(config=config)
+    print(f"log: {result.log_path}  plot: {result.plot_path}")
+    if args.output:
+        pipeline.export_without_optimizer(result.model).save_to_preset(args.output)
+        print(f"preset saved to {args.output}")
+
+
 def _info(args):
     import keras
     import keras_hub
@@ -121,6 +146,17 @@ def build_parser():
     generate.add_argument("--sampler", default=None, help="default: greedy with --image, else top_k")
     generate.add_argument("--dtype", default=None)
     generate.set_defaults(run=_generate)
+
+    train = commands.add_parser("train", help="curriculum training (resumes from --checkpoint-dir)")
+    train.add_argument("--config", choices=["small", "medium", "large"], default="small")
+    train.add_argument("--data", default="fashion_scenes",
+                       help="'fashion_scenes' (bundled pipelines) or a folder with Fashion-MNIST idx files")
+    train.add_argument("--steps", type=int, default=None, help="total steps of the default curriculum")
+    train.add_argument("--batch-size", type=int, default=None)
+    train.add_argument("--checkpoint-dir", default="checkpoints")
+    train.add_argument("--log-dir", default="training_logs")
+    train.add_argument("--output", default=None, help="save the trained model as a preset here")
+    train.set_defaults(run=_train)
 
     info = commands.add_parser("info", help="versions, backend and presets")
     info.set_defaults(run=_info)
