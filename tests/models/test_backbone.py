@@ -133,3 +133,28 @@ def test_multimodal_config_validation():
     with pytest.raises(ValueError, match="num_kv_heads"):
         MultimodalConfig(num_heads=4, num_kv_heads=3)
     assert MultimodalConfig(embed_dim=64, num_heads=4).head_dim == 16
+
+
+def test_attention_type_per_layer_and_cached_decoding():
+    from vishwam_keras import VishwamCausalLM
+
+    kwargs = tiny_backbone_kwargs(
+        num_layers=4, sliding_window_pattern=2,
+        attention_types=["gqa", "multi_scale", "sparse", "flash"],
+        attention_kwargs=[None, {"window_sizes": [2, -1]}, {"block_size": 3, "stride": 2}, None],
+    )
+    backbone = VishwamBackbone(**kwargs)
+    names = [type(b.attention).__name__ for b in backbone.transformer_layers]
+    assert names == ["GroupedQueryAttention", "MultiScaleAttention", "SparseAttention", "GroupedQueryAttention"]
+    assert backbone.transformer_layers[3].attention.attention_implementation == "blockwise"
+    assert VishwamBackbone.from_config(backbone.get_config()).get_config() == backbone.get_config()
+    assert count_backbone_parameters(**kwargs) == backbone.count_params()
+    lm = VishwamCausalLM(backbone)
+    token_ids = np.random.randint(0, 97, (1, 12)).astype("int32")
+    full = keras.ops.convert_to_numpy(lm({"token_ids": token_ids, "padding_mask": np.ones_like(token_ids)}))
+    cache = lm._build_cache(keras.ops.convert_to_tensor(token_ids), 4)
+    for t in range(4, 12):
+        logits, _, cache = lm.call_with_cache(token_ids[:, t : t + 1], cache, t)
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(logits)[:, 0], full[:, t], atol=1e-4)
+    with pytest.raises(ValueError, match="attention_type"):
+        VishwamBackbone(**tiny_backbone_kwargs(attention_types=["gqa", "linear", "gqa"]))

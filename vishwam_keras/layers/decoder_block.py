@@ -6,6 +6,10 @@
 import keras
 
 from vishwam_keras.layers.attention.grouped_query import GroupedQueryAttention
+from vishwam_keras.layers.attention.multi_scale import MultiScaleAttention
+from vishwam_keras.layers.attention.sparse import SparseAttention
+
+ATTENTION_TYPES = ("gqa", "flash", "multi_scale", "sparse")
 from vishwam_keras.layers.feedforward import GatedFeedForward
 from vishwam_keras.layers.normalization import RMSNorm
 
@@ -29,6 +33,10 @@ class DecoderBlock(keras.layers.Layer):
         layer_norm_epsilon: float. Defaults to `1e-6`.
         dropout: float. Defaults to `0.0`.
         attention_implementation: `None` or an implementation name. Defaults to `None`.
+        attention_type: `"gqa"` (default), `"flash"` (GQA forced onto the block-wise
+            kernel), `"multi_scale"` or `"sparse"` (`attention_kwargs` give their
+            `window_sizes` / block pattern; these layers ignore `sliding_window_size`).
+        attention_kwargs: `None` or dict of extra arguments for the attention layer.
 
     Call arguments:
         inputs, padding_mask, span_ids, cache, cache_update_index, cache_update_mask,
@@ -58,9 +66,16 @@ class DecoderBlock(keras.layers.Layer):
         layer_norm_epsilon=1e-6,
         dropout=0.0,
         attention_implementation=None,
+        attention_type="gqa",
+        attention_kwargs=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        if attention_type not in ATTENTION_TYPES:
+            raise ValueError(
+                f"`attention_type` must be one of {ATTENTION_TYPES}. Received: "
+                f"attention_type={attention_type!r}"
+            )
         self.hidden_dim = hidden_dim
         self.intermediate_dim = intermediate_dim
         self.num_query_heads = num_query_heads
@@ -75,6 +90,8 @@ class DecoderBlock(keras.layers.Layer):
         self.layer_norm_epsilon = layer_norm_epsilon
         self.dropout = dropout
         self.attention_implementation = attention_implementation
+        self.attention_type = attention_type
+        self.attention_kwargs = dict(attention_kwargs or {})
 
         def norm(name):
             return RMSNorm(layer_norm_epsilon, name=name, dtype=self.dtype_policy)
@@ -83,22 +100,42 @@ class DecoderBlock(keras.layers.Layer):
         self.post_attention_norm = norm("post_attention_norm")
         self.pre_ffw_norm = norm("pre_ffw_norm")
         self.post_ffw_norm = norm("post_ffw_norm")
-        self.attention = GroupedQueryAttention(
-            hidden_dim=hidden_dim,
-            num_query_heads=num_query_heads,
-            num_key_value_heads=num_key_value_heads,
-            head_dim=head_dim,
-            use_query_key_norm=use_query_key_norm,
-            logit_soft_cap=attention_logit_soft_cap,
-            sliding_window_size=sliding_window_size,
+        common = dict(
             rope_max_wavelength=rope_max_wavelength,
             rope_scaling_factor=rope_scaling_factor,
             query_pre_attn_scalar=query_pre_attn_scalar,
             dropout=dropout,
-            attention_implementation=attention_implementation,
             name="attention",
             dtype=self.dtype_policy,
         )
+        if attention_type in ("gqa", "flash"):
+            self.attention = GroupedQueryAttention(
+                hidden_dim=hidden_dim,
+                num_query_heads=num_query_heads,
+                num_key_value_heads=num_key_value_heads,
+                head_dim=head_dim,
+                use_query_key_norm=use_query_key_norm,
+                logit_soft_cap=attention_logit_soft_cap,
+                sliding_window_size=sliding_window_size,
+                attention_implementation=(
+                    "blockwise" if attention_type == "flash" else attention_implementation
+                ),
+                **common,
+                **self.attention_kwargs,
+            )
+        else:  # multi_scale / sparse: head groups or block patterns replace the window
+            layer_cls = MultiScaleAttention if attention_type == "multi_scale" else SparseAttention
+            self.attention = layer_cls(
+                embed_dim=hidden_dim,
+                num_heads=num_query_heads,
+                num_kv_heads=num_key_value_heads,
+                head_dim=head_dim,
+                use_qk_norm=use_query_key_norm,
+                attn_logits_soft_cap=attention_logit_soft_cap,
+                attention_implementation=attention_implementation,
+                **common,
+                **self.attention_kwargs,
+            )
         self.feedforward = GatedFeedForward(
             hidden_dim, intermediate_dim, name="feedforward", dtype=self.dtype_policy
         )
@@ -167,6 +204,8 @@ class DecoderBlock(keras.layers.Layer):
                 "layer_norm_epsilon": self.layer_norm_epsilon,
                 "dropout": self.dropout,
                 "attention_implementation": self.attention_implementation,
+                "attention_type": self.attention_type,
+                "attention_kwargs": self.attention_kwargs,
             }
         )
         return config

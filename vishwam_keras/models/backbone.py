@@ -110,6 +110,10 @@ class VishwamBackbone(NamedPresetMixin, Backbone):
         cross_attn_layers: `None` or list of decoder block indices followed by a gated
             cross-attention block. Defaults to every 4th block when needed.
         image_token_id: int. Id of the image placeholder token. Defaults to `6`.
+        attention_types: `None` or a list with one entry per layer of `"gqa"`, `"flash"`,
+            `"multi_scale"` or `"sparse"` (see `DecoderBlock`). Defaults to all `"gqa"`.
+        attention_kwargs: `None` or a list (one dict or None per layer) of extra arguments
+            for those layers, e.g. `{"window_sizes": [64, 256, -1, -1]}`.
         dtype: dtype or `keras.DTypePolicy`. Defaults to the global policy.
 
     Example:
@@ -147,6 +151,8 @@ class VishwamBackbone(NamedPresetMixin, Backbone):
         fusion_type="interleave",
         cross_attn_layers=None,
         image_token_id=DEFAULT_IMAGE_TOKEN_ID,
+        attention_types=None,
+        attention_kwargs=None,
         dtype=None,
         **kwargs,
     ):
@@ -196,6 +202,14 @@ class VishwamBackbone(NamedPresetMixin, Backbone):
                 f"Received: cross_attn_layers={cross_attn_layers!r}"
             )
 
+        attention_types = list(attention_types or ["gqa"] * num_layers)
+        attention_kwargs = list(attention_kwargs or [None] * num_layers)
+        if len(attention_types) != num_layers or len(attention_kwargs) != num_layers:
+            raise ValueError(
+                f"`attention_types` and `attention_kwargs` need {num_layers} entries (num_layers). "
+                f"Received: {len(attention_types)} and {len(attention_kwargs)}"
+            )
+
         # === Layers ===
         self.vision_encoder = vision_encoder
         self.token_embedding = keras.layers.ReversibleEmbedding(
@@ -228,6 +242,8 @@ class VishwamBackbone(NamedPresetMixin, Backbone):
                     layer_norm_epsilon=layer_norm_epsilon,
                     dropout=dropout,
                     attention_implementation=attention_implementation,
+                    attention_type=attention_types[i],
+                    attention_kwargs=attention_kwargs[i],
                     dtype=dtype,
                     name=f"decoder_block_{i}",
                 )
@@ -304,6 +320,8 @@ class VishwamBackbone(NamedPresetMixin, Backbone):
         self.dropout = dropout
         self.attention_implementation = attention_implementation
         self.image_token_id = image_token_id
+        self.attention_types = attention_types
+        self.attention_kwargs = attention_kwargs
 
     @property
     def has_vision(self):
@@ -462,6 +480,8 @@ class VishwamBackbone(NamedPresetMixin, Backbone):
                 "fusion_type": self.fusion_type,
                 "cross_attn_layers": self.cross_attn_layers,
                 "image_token_id": self.image_token_id,
+                "attention_types": self.attention_types,
+                "attention_kwargs": self.attention_kwargs,
             }
         )
         return config

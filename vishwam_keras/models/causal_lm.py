@@ -247,7 +247,7 @@ class VishwamCausalLM(NamedPresetMixin, CausalLM):
         batch_size, max_length = ops.shape(token_ids)[0], token_ids.shape[1]
         cache = []
         for block in self.backbone.transformer_layers:
-            window = block.sliding_window_size
+            window = block.attention.sliding_window_size
             size = kv_cache.cache_length(None if window is None else window + ring_extra, max_length)
             cache.append(
                 kv_cache.empty_cache(
@@ -269,7 +269,7 @@ class VishwamCausalLM(NamedPresetMixin, CausalLM):
         itemsize = np.dtype(self.compute_dtype).itemsize if self.compute_dtype != "bfloat16" else 2
         per_slot = 2 * batch_size * self.backbone.num_key_value_heads * self.backbone.head_dim
         slots = sum(
-            kv_cache.cache_length(block.sliding_window_size, max_length)
+            kv_cache.cache_length(block.attention.sliding_window_size, max_length)
             for block in self.backbone.transformer_layers
         )
         return slots * per_slot * itemsize
