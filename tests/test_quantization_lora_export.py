@@ -1,4 +1,3 @@
-import os
 import warnings
 
 import keras
@@ -127,20 +126,11 @@ def test_lora_trains_only_query_value_adapters_and_reloads(tmp_path):
 
 # --- SavedModel export ------------------------------------------------------------------
 
-JAX_EXPORT_BLOCKERS = (
-    "JAX export traces with symbolic dimensions, which our model code treats as ints: "
-    "models/backbone.py `_static_shape` calls int() on them (check_inputs), and "
-    "layers/attention/kernels.py `_prefers_blockwise` compares them with "
-    "BLOCKWISE_MIN_Q_LEN; both raise InconclusiveDimensionOperation. With both made to "
-    "treat non-int dimensions as unknown, this test passes on JAX."
-)
-
 
 @pytest.mark.skipif(
     keras.backend.backend() not in ("jax", "tensorflow"),
     reason="tf_saved_model export needs the JAX or TensorFlow backend",
 )
-@pytest.mark.xfail(keras.backend.backend() == "jax", reason=JAX_EXPORT_BLOCKERS, strict=False)
 @pytest.mark.parametrize("which", ["backbone", "causal_lm"])
 def test_export_tf_saved_model_and_reload(tmp_path, which):
     tf = pytest.importorskip("tensorflow")

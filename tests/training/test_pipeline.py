@@ -43,7 +43,7 @@ class KillAt(keras.callbacks.Callback):
 
 def _config(tmp_path, **overrides):
     kwargs = dict(
-        model="unused", curriculum_stages=STAGES, batch_size=4, checkpoint_every=2,
+        model=None, curriculum_stages=STAGES, batch_size=4, checkpoint_every=2,
         checkpoint_dir=str(tmp_path / "ckpt"), log_dir=str(tmp_path / "logs"),
         learning_rate=1e-2, warmup_steps=2,
     )
@@ -125,3 +125,34 @@ def test_seed_medium_config_runs_scaled_down(tmp_path):
 def test_bad_configs_fail_before_training(kwargs, match):
     with pytest.raises(ValueError, match=match):
         AdvancedTrainingConfig(**kwargs)
+
+
+def _text_lines():
+    lines = ["To be, or not to be, that is the question:", "Whether 'tis nobler in the mind",
+             "to suffer the slings and arrows", "of outrageous fortune, or to take arms"]
+    return tf.data.Dataset.from_tensor_slices(lines).repeat().batch(4)
+
+
+def test_mixed_precision_with_remat_trains_like_without_remat():
+    """`use_mixed_precision` builds a mixed_bfloat16 model (float32 variables, bfloat16
+    compute), `gradient_checkpointing` marks every layer for rematerialisation, and
+    recomputing activations does not change the training trajectory."""
+    from vishwam_keras import TINY_CONFIG
+
+    losses = {}
+    for remat in (False, True):
+        config = AdvancedTrainingConfig(
+            model=TINY_CONFIG, curriculum_stages=[{"name": "text", "steps": 3, "modalities": ["text"]}],
+            batch_size=4, sequence_length=16, use_mixed_precision=True, gradient_checkpointing=remat,
+            learning_rate=1e-2, warmup_steps=1, seed=0,
+        )
+        result = main_training_pipeline(_text_lines(), config, verbose=0)
+        backbone = result.model.backbone
+        assert keras.config.dtype_policy().name == "float32"  # the global policy is restored
+        assert backbone.dtype_policy.name == "mixed_bfloat16"
+        assert backbone.compute_dtype == "bfloat16"
+        assert {v.dtype for v in backbone.trainable_weights} == {"float32"}
+        assert [block.rematerialize for block in backbone.transformer_layers] == [remat] * 3
+        losses[len(losses)] = result.history.history["loss"][-1]
+    assert np.all(np.isfinite(list(losses.values())))
+    np.testing.assert_allclose(losses[1], losses[0], rtol=2e-2)

@@ -92,6 +92,9 @@ class DecoderBlock(keras.layers.Layer):
         self.attention_implementation = attention_implementation
         self.attention_type = attention_type
         self.attention_kwargs = dict(attention_kwargs or {})
+        # Training-time switch, not architecture (not in the config): recompute this block's
+        # activations in the backward pass. Set by `VishwamBackbone.enable_rematerialization`.
+        self.rematerialize = False
 
         def norm(name):
             return RMSNorm(layer_norm_epsilon, name=name, dtype=self.dtype_policy)
@@ -166,6 +169,16 @@ class DecoderBlock(keras.layers.Layer):
         cache_update_mask=None,
         training=None,
     ):
+        if self.rematerialize and cache is None:
+            return self._rematerialized(inputs, padding_mask, span_ids, training)
+        return self._forward(
+            inputs, padding_mask, span_ids, cache, cache_update_index, cache_update_mask, training
+        )
+
+    def _forward(
+        self, inputs, padding_mask=None, span_ids=None, cache=None, cache_update_index=0,
+        cache_update_mask=None, training=None,
+    ):
         attended = self.attention(
             self.pre_attention_norm(inputs),
             padding_mask=padding_mask,
@@ -182,6 +195,19 @@ class DecoderBlock(keras.layers.Layer):
         if cache is not None:
             return x, cache
         return x
+
+    def _rematerialized(self, inputs, padding_mask, span_ids, training):
+        """The block through `keras.remat`: its activations are recomputed in the backward
+        pass instead of stored. Only tensors cross the remat boundary (`training` is closed
+        over), which is why the block does this itself rather than through
+        `keras.RematScope`, whose wrapper also traces Python flags."""
+        names = [n for n, v in (("padding_mask", padding_mask), ("span_ids", span_ids)) if v is not None]
+
+        def body(x, *masks):
+            return self._forward(x, training=training, **dict(zip(names, masks)))
+
+        masks = [padding_mask if n == "padding_mask" else span_ids for n in names]
+        return keras.remat(body)(inputs, *masks)
 
     def compute_output_shape(self, input_shape):
         return input_shape

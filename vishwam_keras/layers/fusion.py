@@ -7,17 +7,10 @@ freshly added fusion layer leaves the text model's output bit-identical.
 import keras
 from keras import ops
 
+from vishwam_keras.checks import check_int
 from vishwam_keras.layers.attention.cross_modal import CrossModalAttention
 from vishwam_keras.layers.feedforward import GatedFeedForward
 from vishwam_keras.layers.normalization import RMSNorm
-
-
-def _check_positive_int(name, value, allow_none=False):
-    if allow_none and value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        expected = "None or a positive int" if allow_none else "a positive int"
-        raise ValueError(f"`{name}` must be {expected}. Received: {name}={value!r}")
 
 
 def _keep_rows(image_present, updated, original):
@@ -76,8 +69,8 @@ class AdaptiveModalityFusion(keras.layers.Layer):
 
     def __init__(self, hidden_dim, gate_hidden_dim=None, **kwargs):
         super().__init__(**kwargs)
-        _check_positive_int("hidden_dim", hidden_dim)
-        _check_positive_int("gate_hidden_dim", gate_hidden_dim, allow_none=True)
+        check_int("hidden_dim", hidden_dim)
+        check_int("gate_hidden_dim", gate_hidden_dim, allow_none=True)
         self.hidden_dim = hidden_dim
         self.gate_hidden_dim = gate_hidden_dim
         self.text_norm = RMSNorm(name="text_norm", dtype=self.dtype_policy)
@@ -215,7 +208,7 @@ class GatedCrossAttentionBlock(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        _check_positive_int("intermediate_dim", intermediate_dim)
+        check_int("intermediate_dim", intermediate_dim)
         self.hidden_dim = hidden_dim
         self.num_heads = num_heads
         self.head_dim = head_dim

@@ -6,6 +6,8 @@ Used before and after every attention and feed-forward block, for QK-norm and th
 import keras
 from keras import ops
 
+from vishwam_keras.checks import check_float
+
 
 @keras.saving.register_keras_serializable(package="vishwam_keras")
 class RMSNorm(keras.layers.Layer):
@@ -26,9 +28,7 @@ class RMSNorm(keras.layers.Layer):
 
     def __init__(self, epsilon=1e-6, **kwargs):
         super().__init__(**kwargs)
-        if not epsilon > 0:
-            raise ValueError(f"`epsilon` must be positive. Received: epsilon={epsilon!r}")
-        self.epsilon = epsilon
+        self.epsilon = check_float("epsilon", epsilon, strict=True)
 
     def build(self, input_shape):
         self.scale = self.add_weight(

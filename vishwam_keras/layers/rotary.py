@@ -6,6 +6,8 @@ Applied to queries and keys inside attention; local and global layers use their 
 import keras
 from keras import ops
 
+from vishwam_keras.checks import check_float
+
 
 @keras.saving.register_keras_serializable(package="vishwam_keras")
 class RotaryEmbedding(keras.layers.Layer):
@@ -33,14 +35,8 @@ class RotaryEmbedding(keras.layers.Layer):
 
     def __init__(self, max_wavelength=10000, scaling_factor=1.0, **kwargs):
         super().__init__(**kwargs)
-        if not max_wavelength > 0:
-            raise ValueError(
-                f"`max_wavelength` must be positive. Received: max_wavelength={max_wavelength!r}"
-            )
-        if not scaling_factor >= 1.0:
-            raise ValueError(
-                f"`scaling_factor` must be >= 1. Received: scaling_factor={scaling_factor!r}"
-            )
+        check_float("max_wavelength", max_wavelength, strict=True)
+        check_float("scaling_factor", scaling_factor, minimum=1.0)
         self.max_wavelength = max_wavelength
         self.scaling_factor = scaling_factor
         self.built = True  # no weights; an unbuilt layer makes JAX `predict` trace op by op
@@ -52,6 +48,11 @@ class RotaryEmbedding(keras.layers.Layer):
         return positions[..., None] * inverse_frequencies  # (..., length, head_dim/2)
 
     def call(self, inputs, positions=None, start_index=0):
+        if len(inputs.shape) != 4:
+            raise ValueError(
+                "`inputs` must have rank 4: (batch, length, heads, head_dim). "
+                f"Received: inputs.shape={tuple(inputs.shape)}"
+            )
         head_dim = inputs.shape[-1]
         if head_dim % 2 != 0:
             raise ValueError(f"RoPE needs an even head_dim. Received: head_dim={head_dim}")

@@ -8,15 +8,11 @@ import math
 import keras
 from keras import ops
 
+from vishwam_keras.checks import check_int
 from vishwam_keras.layers.attention.kernels import dot_product_attention
 from vishwam_keras.layers.normalization import RMSNorm
 
 POOLING_MODES = ("map", "avg", None)
-
-
-def _check_positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"`{name}` must be a positive int. Received: {name}={value!r}")
 
 
 def _check_heads(hidden_dim, num_heads):
@@ -81,8 +77,8 @@ class VisionAttention(keras.layers.Layer):
 
     def __init__(self, hidden_dim, num_heads, dropout=0.0, **kwargs):
         super().__init__(**kwargs)
-        _check_positive_int("hidden_dim", hidden_dim)
-        _check_positive_int("num_heads", num_heads)
+        check_int("hidden_dim", hidden_dim)
+        check_int("num_heads", num_heads)
         _check_heads(hidden_dim, num_heads)
         self.hidden_dim = hidden_dim
         self.num_heads = num_heads
@@ -157,8 +153,8 @@ class VisionMLP(keras.layers.Layer):
 
     def __init__(self, hidden_dim, intermediate_dim, dropout=0.0, **kwargs):
         super().__init__(**kwargs)
-        _check_positive_int("hidden_dim", hidden_dim)
-        _check_positive_int("intermediate_dim", intermediate_dim)
+        check_int("hidden_dim", hidden_dim)
+        check_int("intermediate_dim", intermediate_dim)
         self.hidden_dim = hidden_dim
         self.intermediate_dim = intermediate_dim
         self.dropout = dropout
@@ -288,7 +284,7 @@ class MultiheadAttentionPooling(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        _check_positive_int("num_probes", num_probes)
+        check_int("num_probes", num_probes)
         self.hidden_dim = hidden_dim
         self.num_heads = num_heads
         self.intermediate_dim = intermediate_dim
@@ -475,7 +471,7 @@ class SigLIPVisionEncoder(keras.layers.Layer):
             ("num_pooled_tokens", num_pooled_tokens),
             ("num_channels", num_channels),
         ):
-            _check_positive_int(name, value)
+            check_int(name, value)
         if image_size % patch_size:
             raise ValueError(
                 "`patch_size` must divide `image_size`. Received: "

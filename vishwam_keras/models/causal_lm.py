@@ -5,6 +5,7 @@ prompt prefix once, then decodes one token per step with per-layer (ring-buffer)
 """
 
 import keras
+import keras_hub
 import numpy as np
 from keras import ops
 from keras_hub.models import CausalLM
@@ -49,6 +50,10 @@ def bucket_up(length, limit):
     else:
         bucket = -(-length // 64) * 64
     return min(bucket, int(limit))
+
+
+def _is_dataset(value):
+    return type(value).__module__.startswith("tensorflow") and hasattr(value, "element_spec")
 
 
 def _any_equal(tensor, values, mask):
@@ -378,7 +383,36 @@ class VishwamCausalLM(NamedPresetMixin, CausalLM):
         self.generate_function = generate_function
         return generate_function
 
+    def compile(self, *args, sampler="top_k", **kwargs):
+        resolved = keras_hub.samplers.get(sampler)
+        if not isinstance(resolved, keras_hub.samplers.Sampler):
+            raise ValueError(
+                "`sampler` must be a `keras_hub.samplers.Sampler` or the name of one "
+                "('greedy', 'top_k', 'top_p', 'beam', 'random', 'contrastive'). "
+                f"Received: sampler={sampler!r}"
+            )
+        super().compile(*args, sampler=resolved, **kwargs)
+
     def generate(self, inputs, max_length=None, stop_token_ids="auto", strip_prompt=False):
+        if self.preprocessor is None and not isinstance(inputs, dict) and not _is_dataset(inputs):
+            raise TypeError(
+                "Without a preprocessor, `inputs` must be a dict of token ids "
+                '(`{"token_ids": ..., "padding_mask": ...}`) or a `tf.data.Dataset` of them. '
+                f"Received: inputs of type {type(inputs).__name__}. Attach a preprocessor "
+                "(`VishwamCausalLM.from_preset(...)` does) to generate from strings."
+            )
+        if isinstance(stop_token_ids, (list, tuple)):
+            vocabulary_size = self.backbone.vocabulary_size
+            bad = [
+                t for t in stop_token_ids
+                if isinstance(t, bool) or not isinstance(t, (int, np.integer))
+                or not 0 <= t < vocabulary_size
+            ]
+            if bad:
+                raise ValueError(
+                    f"`stop_token_ids` must be token ids in [0, {vocabulary_size}). "
+                    f"Received: stop_token_ids={list(stop_token_ids)!r}"
+                )
         if max_length is not None and (
             isinstance(max_length, bool) or not isinstance(max_length, (int, np.integer)) or max_length < 2
         ):

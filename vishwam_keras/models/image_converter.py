@@ -11,6 +11,9 @@ import numpy as np
 
 from keras_hub.src.utils.tensor_utils import in_tf_function
 
+from vishwam_keras.models.backbone import VishwamBackbone
+from vishwam_keras.models.presets import NamedPresetMixin
+
 # ITU-R BT.601 luma weights, for RGB -> grayscale when the encoder takes one channel.
 _LUMA_WEIGHTS = (0.299, 0.587, 0.114)
 
@@ -28,7 +31,7 @@ def _per_channel(name, value, num_channels):
 
 
 @keras.saving.register_keras_serializable(package="vishwam_keras")
-class VishwamImageConverter(keras_hub.layers.ImageConverter):
+class VishwamImageConverter(NamedPresetMixin, keras_hub.layers.ImageConverter):
     """Resizes images and normalises their pixels for the vision encoder.
 
     Steps: check the input; convert the channels to `num_channels` (grayscale is
@@ -59,6 +62,8 @@ class VishwamImageConverter(keras_hub.layers.ImageConverter):
     >>> tuple(converter(np.zeros((20, 20, 1), "uint8")).shape)  # grayscale, unbatched
     (32, 32, 3)
     """
+
+    backbone_cls = VishwamBackbone  # lets `from_preset` find this class for our presets
 
     def __init__(
         self,
@@ -139,6 +144,21 @@ class VishwamImageConverter(keras_hub.layers.ImageConverter):
         return low, high
 
     def _check_images(self, images):
+        if isinstance(images, (str, bytes)) or not hasattr(images, "shape"):
+            raise TypeError(
+                "`images` must be an array or tensor of pixel values, not a "
+                f"{type(images).__name__}. Decode image files first (e.g. with PIL or "
+                f"`tf.io.decode_image`). Received: images={images!r:.80}"
+            )
+        try:
+            dtype = keras.backend.standardize_dtype(images.dtype)
+        except ValueError:  # strings, objects: not a Keras dtype at all
+            dtype = str(images.dtype)
+        if dtype == "bool" or not (dtype.startswith(("int", "uint", "float", "bfloat"))):
+            raise TypeError(
+                "`images` must hold integer or float pixel values. "
+                f"Received: images.dtype={dtype}"
+            )
         shape = tuple(images.shape)
         if len(shape) not in (3, 4):
             raise ValueError(
@@ -148,6 +168,11 @@ class VishwamImageConverter(keras_hub.layers.ImageConverter):
         if shape[-1] is not None and shape[-1] not in (1, 3):
             raise ValueError(
                 "`images` must have 1 (grayscale) or 3 (RGB) channels in the last axis. "
+                f"Received: images.shape={shape}"
+            )
+        if any(d == 0 for d in shape[-3:-1]):
+            raise ValueError(
+                "`images` must have a height and width of at least one pixel. "
                 f"Received: images.shape={shape}"
             )
         self._check_finite(images)
@@ -185,7 +210,13 @@ class VishwamImageConverter(keras_hub.layers.ImageConverter):
 
     def _call_python(self, inputs):
         if isinstance(inputs, (list, tuple)):
-            inputs = np.asarray(inputs)
+            try:
+                inputs = np.asarray(inputs)
+            except ValueError as error:  # ragged nesting
+                raise ValueError(
+                    "`images` given as a list must stack into one array; pass images of one "
+                    f"size, or convert them one by one. ({error})"
+                ) from None
         if isinstance(inputs, dict):
             raise ValueError(
                 "`VishwamImageConverter` takes an image tensor, not a dict. "

@@ -11,6 +11,7 @@ import tensorflow as tf
 from keras_hub.layers import MultiSegmentPacker
 from keras_hub.models import CausalLMPreprocessor
 
+from vishwam_keras.checks import check_int
 from vishwam_keras.models.backbone import VishwamBackbone
 from vishwam_keras.models.image_converter import VishwamImageConverter
 from vishwam_keras.models.presets import NamedPresetMixin
@@ -77,6 +78,8 @@ class VishwamCausalLMPreprocessor(NamedPresetMixin, CausalLMPreprocessor):
         max_images_per_prompt=1,
         **kwargs,
     ):
+        check_int("sequence_length", sequence_length)
+        check_int("num_vision_tokens_per_image", num_vision_tokens_per_image)
         super().__init__(
             tokenizer=tokenizer,
             sequence_length=sequence_length,

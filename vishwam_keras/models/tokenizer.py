@@ -11,6 +11,8 @@ import os
 import keras
 from keras_hub.tokenizers import SentencePieceTokenizer
 
+from vishwam_keras.models.presets import NamedPresetMixin
+
 START_TOKEN = "<bos>"
 END_TOKEN = "<eos>"
 PAD_TOKEN = "<pad>"
@@ -33,7 +35,7 @@ def default_vocabulary_path():
 
 
 @keras.saving.register_keras_serializable(package="vishwam_keras")
-class VishwamTokenizer(SentencePieceTokenizer):
+class VishwamTokenizer(NamedPresetMixin, SentencePieceTokenizer):
     """Vishwam tokenizer layer based on SentencePiece.
 
     Tokenizes raw strings into integer sequences and detokenizes them back, on

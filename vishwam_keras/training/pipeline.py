@@ -14,6 +14,8 @@ import keras
 import numpy as np
 
 from vishwam_keras import config as config_lib
+from vishwam_keras.checks import check_float, check_int
+from vishwam_keras.models.presets import resolve_preset
 from vishwam_keras.training import checkpointing
 from vishwam_keras.training.curriculum import (
     CurriculumStage,
@@ -23,6 +25,7 @@ from vishwam_keras.training.curriculum import (
     rebuild_optimizer,
     run_curriculum,
 )
+from vishwam_keras.training.losses import WEIGHTINGS
 from vishwam_keras.training.schedules import AdaptiveLearningRateSchedule
 
 
@@ -39,7 +42,8 @@ class AdvancedTrainingConfig:
         use_flash_attention: bool. Use the block-wise (FlashAttention-2) kernel.
         use_mixed_precision: bool. Train under `mixed_bfloat16` (loss, softmax, norms and
             soft caps stay float32).
-        gradient_checkpointing: bool. Rematerialise activations (`keras.RematScope`).
+        gradient_checkpointing: bool. Recompute each decoder block's activations in the
+            backward pass (`VishwamBackbone.enable_rematerialization`).
         batch_size, sequence_length: ints.
         learning_rate, weight_decay, warmup_steps: optimiser settings (AdamW); the
             schedule warms up and decays per stage.
@@ -72,12 +76,23 @@ class AdvancedTrainingConfig:
     def __post_init__(self):
         if self.model is None:
             self.model = config_lib.FASHION_TINY_CONFIG
+        if isinstance(self.model, str):
+            resolve_preset(self.model)  # an unknown name fails here, naming it, not at fit time
+        elif not isinstance(self.model, config_lib.MultimodalConfig):
+            raise TypeError(
+                "`model` must be a `MultimodalConfig` or a preset name. "
+                f"Received: model={self.model!r:.100}"
+            )
         for name in ("total_steps", "batch_size", "sequence_length", "checkpoint_every"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"`{name}` must be a positive int. Received: {name}={value!r}")
-        if not self.learning_rate > 0:
-            raise ValueError(f"`learning_rate` must be positive. Received: {self.learning_rate!r}")
+            check_int(name, getattr(self, name))
+        check_int("warmup_steps", self.warmup_steps, minimum=0)
+        check_float("learning_rate", self.learning_rate, strict=True)
+        check_float("weight_decay", self.weight_decay)
+        if self.loss_weighting not in WEIGHTINGS:
+            raise ValueError(
+                f"`loss_weighting` must be one of {WEIGHTINGS}. "
+                f"Received: loss_weighting={self.loss_weighting!r}"
+            )
         if self.curriculum_stages is not None:
             self.curriculum_stages = as_stages(self.curriculum_stages)
 
@@ -145,28 +160,21 @@ def build_model(config, preprocessor=None):
 
     model_config = config.model
     if isinstance(model_config, str):
-        return VishwamCausalLM.from_preset(model_config)
+        model = VishwamCausalLM.from_preset(model_config)
+        model.backbone.enable_rematerialization(config.gradient_checkpointing)
+        return model
     if config.use_flash_attention:
         model_config = dataclasses.replace(model_config, attention_implementation="blockwise")
     if preprocessor is None:
         preprocessor = create_preprocessor(model_config, config.sequence_length)
-    scope = keras.RematScope(mode="full") if config.gradient_checkpointing else _null_scope()
-    with scope:
-        backbone = model_config.build_backbone()
+    backbone = model_config.build_backbone()
+    backbone.enable_rematerialization(config.gradient_checkpointing)
     return VishwamCausalLM(
         backbone,
         preprocessor=preprocessor,
         use_contrastive_loss=config.use_contrastive_loss,
         loss_weighting=config.loss_weighting,
     )
-
-
-class _null_scope:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *args):
-        return False
 
 
 def compile_for_curriculum(model, config, stages):

@@ -11,25 +11,9 @@ import keras
 import numpy as np
 from keras import ops
 
+from vishwam_keras.checks import check_float, check_int
+
 LearningRateSchedule = keras.optimizers.schedules.LearningRateSchedule
-
-
-def _check_int(name, value, minimum):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"`{name}` must be an int >= {minimum}. Received: {name}={value!r}")
-    return int(value)
-
-
-def _check_float(name, value, minimum=0.0, strict=False):
-    bad = isinstance(value, bool) or not isinstance(value, numbers.Real)
-    if not bad:
-        bad = value <= minimum if strict else value < minimum
-    if bad or not math.isfinite(float(value)):
-        relation = ">" if strict else ">="
-        raise ValueError(
-            f"`{name}` must be a finite float {relation} {minimum}. Received: {name}={value!r}"
-        )
-    return float(value)
 
 
 def warmup_cosine(step, peak_learning_rate, warmup_steps, decay_steps, final_learning_rate):
@@ -73,10 +57,10 @@ class WarmupCosineSchedule(LearningRateSchedule):
     """
 
     def __init__(self, peak_learning_rate, warmup_steps, total_steps, final_learning_rate=0.0):
-        self.peak_learning_rate = _check_float("peak_learning_rate", peak_learning_rate, strict=True)
-        self.warmup_steps = _check_int("warmup_steps", warmup_steps, 0)
-        self.total_steps = _check_int("total_steps", total_steps, 1)
-        self.final_learning_rate = _check_float("final_learning_rate", final_learning_rate)
+        self.peak_learning_rate = check_float("peak_learning_rate", peak_learning_rate, strict=True)
+        self.warmup_steps = check_int("warmup_steps", warmup_steps, 0)
+        self.total_steps = check_int("total_steps", total_steps, 1)
+        self.final_learning_rate = check_float("final_learning_rate", final_learning_rate)
         if self.total_steps < self.warmup_steps:
             raise ValueError(
                 "`total_steps` must be >= `warmup_steps`. Received: "
@@ -107,13 +91,13 @@ class WarmupCosineSchedule(LearningRateSchedule):
 
 
 def _check_boundaries(stage_boundaries, total_steps):
-    boundaries = [_check_int("stage_boundaries", b, 1) for b in stage_boundaries]
+    boundaries = [check_int("stage_boundaries", b, 1) for b in stage_boundaries]
     if any(b <= a for a, b in zip(boundaries, boundaries[1:])):
         raise ValueError(
             f"`stage_boundaries` must increase strictly. Received: stage_boundaries={boundaries}"
         )
     if total_steps is not None:
-        total_steps = _check_int("total_steps", total_steps, 1)
+        total_steps = check_int("total_steps", total_steps, 1)
         if boundaries and total_steps <= boundaries[-1]:
             raise ValueError(
                 "`total_steps` must exceed the last stage boundary. Received: "
@@ -203,17 +187,17 @@ class AdaptiveLearningRateSchedule(LearningRateSchedule):
             self.base_schedule = learning_rate
             peaks, warmups = [0.0] * num_stages, [0] * num_stages
         else:
-            learning_rate = _check_float("learning_rate", learning_rate, strict=True)
+            learning_rate = check_float("learning_rate", learning_rate, strict=True)
             peaks = _per_stage(
                 "stage_learning_rates",
                 [learning_rate] * num_stages if stage_learning_rates is None else list(stage_learning_rates),
                 num_stages,
-                lambda n, v: _check_float(n, v, strict=True),
+                lambda n, v: check_float(n, v, strict=True),
             )
             warmups = _per_stage(
-                "warmup_steps", warmup_steps or 0, num_stages, lambda n, v: _check_int(n, v, 0)
+                "warmup_steps", warmup_steps or 0, num_stages, lambda n, v: check_int(n, v, 0)
             )
-        self.final_learning_rate_ratio = _check_float(
+        self.final_learning_rate_ratio = check_float(
             "final_learning_rate_ratio", final_learning_rate_ratio
         )
         if self.final_learning_rate_ratio > 1:
@@ -237,7 +221,7 @@ class AdaptiveLearningRateSchedule(LearningRateSchedule):
         self.warmup_steps = warmups if isinstance(warmup_steps, (list, tuple)) else (warmup_steps or 0)
         self.total_steps = total_steps
         self._scale = keras.Variable(
-            _check_float("scale", scale, strict=True),
+            check_float("scale", scale, strict=True),
             dtype="float32",
             trainable=False,
             name="learning_rate_scale",
@@ -405,17 +389,17 @@ class AdaptiveLRCallback(keras.callbacks.Callback):
         verbose=1,
     ):
         super().__init__()
-        self.patience = _check_int("patience", patience, 1)
-        self.min_delta = _check_float("min_delta", min_delta)
+        self.patience = check_int("patience", patience, 1)
+        self.min_delta = check_float("min_delta", min_delta)
         if spike_factor is not None and not (isinstance(spike_factor, numbers.Real) and spike_factor > 1):
             raise ValueError(f"`spike_factor` must be None or > 1. Received: spike_factor={spike_factor!r}")
         self.spike_factor = spike_factor
-        self.window = _check_int("window", window, 1)
+        self.window = check_int("window", window, 1)
         if not (isinstance(factor, numbers.Real) and 0 < factor < 1):
             raise ValueError(f"`factor` must lie in (0, 1). Received: factor={factor!r}")
         self.factor = float(factor)
-        self.min_scale = _check_float("min_scale", min_scale, strict=True)
-        self.cooldown = _check_int("cooldown", cooldown, 0)
+        self.min_scale = check_float("min_scale", min_scale, strict=True)
+        self.cooldown = check_int("cooldown", cooldown, 0)
         self.verbose = verbose
         self.reductions = []  # (global step, reason, new scale)
         self._recovery = BatchLossRecovery()

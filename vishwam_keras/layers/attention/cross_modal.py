@@ -7,16 +7,9 @@ per direction, with the other modality's padding mask.
 import keras
 from keras import ops
 
+from vishwam_keras.checks import check_int
 from vishwam_keras.layers.attention.kernels import dot_product_attention
 from vishwam_keras.layers.normalization import RMSNorm
-
-
-def _check_positive_int(name, value, allow_none=False):
-    if allow_none and value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        expected = "None or a positive int" if allow_none else "a positive int"
-        raise ValueError(f"`{name}` must be {expected}. Received: {name}={value!r}")
 
 
 def _check_mask(name, mask, tokens, tokens_name):
@@ -194,11 +187,11 @@ class CrossModalAttention(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        _check_positive_int("hidden_dim", hidden_dim)
-        _check_positive_int("num_heads", num_heads)
-        _check_positive_int("head_dim", head_dim)
-        _check_positive_int("num_key_value_heads", num_key_value_heads, allow_none=True)
-        _check_positive_int("vision_dim", vision_dim, allow_none=True)
+        check_int("hidden_dim", hidden_dim)
+        check_int("num_heads", num_heads)
+        check_int("head_dim", head_dim)
+        check_int("num_key_value_heads", num_key_value_heads, allow_none=True)
+        check_int("vision_dim", vision_dim, allow_none=True)
         if num_key_value_heads is not None and num_heads % num_key_value_heads:
             raise ValueError(
                 "`num_key_value_heads` must divide `num_heads`. Received: "

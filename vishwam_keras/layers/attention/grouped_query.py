@@ -6,18 +6,11 @@ The self-attention of every decoder block; local layers set `sliding_window_size
 import keras
 from keras import ops
 
+from vishwam_keras.checks import check_int
 from vishwam_keras.layers import kv_cache
 from vishwam_keras.layers.attention.kernels import dot_product_attention
 from vishwam_keras.layers.normalization import RMSNorm
 from vishwam_keras.layers.rotary import RotaryEmbedding
-
-
-def _check_positive_int(name, value, allow_none=False):
-    if allow_none and value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        expected = "None or a positive int" if allow_none else "a positive int"
-        raise ValueError(f"`{name}` must be {expected}. Received: {name}={value!r}")
 
 
 @keras.saving.register_keras_serializable(package="vishwam_keras")
@@ -88,11 +81,11 @@ class GroupedQueryAttention(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        _check_positive_int("hidden_dim", hidden_dim)
-        _check_positive_int("num_query_heads", num_query_heads)
-        _check_positive_int("num_key_value_heads", num_key_value_heads)
-        _check_positive_int("head_dim", head_dim)
-        _check_positive_int("sliding_window_size", sliding_window_size, allow_none=True)
+        check_int("hidden_dim", hidden_dim)
+        check_int("num_query_heads", num_query_heads)
+        check_int("num_key_value_heads", num_key_value_heads)
+        check_int("head_dim", head_dim)
+        check_int("sliding_window_size", sliding_window_size, allow_none=True)
         if num_query_heads % num_key_value_heads != 0:
             raise ValueError(
                 "`num_key_value_heads` must divide `num_query_heads`. Received: "
@@ -142,6 +135,12 @@ class GroupedQueryAttention(keras.layers.Layer):
         self.dropout_layer = keras.layers.Dropout(dropout, dtype=self.dtype_policy)
 
     def build(self, input_shape):
+        input_shape = tuple(input_shape)
+        if len(input_shape) != 3 or input_shape[-1] not in (None, self.hidden_dim):
+            raise ValueError(
+                f"`inputs` must have shape (batch, length, hidden_dim={self.hidden_dim}). "
+                f"Received: inputs.shape={input_shape}"
+            )
         self.query_dense.build(input_shape)
         self.key_dense.build(input_shape)
         self.value_dense.build(input_shape)
@@ -225,7 +224,8 @@ class GroupedQueryAttention(keras.layers.Layer):
                 key_positions=key_positions,
             )
         output = self.output_dense(output)
-        output = self.dropout_layer(output, training=training)
+        if self.dropout > 0:  # a rematerialised call passes `training` as a traced value
+            output = self.dropout_layer(output, training=training)
         if cache is not None:
             return output, cache
         return output
