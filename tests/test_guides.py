@@ -107,27 +107,9 @@ DOCTEST_MODULES = [
 # Examples that need the network: none at present (every preset ships with the package).
 # Add `# doctest: +SKIP` to such an example in its docstring.
 
-# Known failures, reported to the owners of the modules (strict=False: a fix turns the
-# test into an XPASS rather than a failure).
-KNOWN_FAILURES = {
-    "vishwam_keras.training.losses": (
-        "the Example blocks of LanguageModelLoss and SigmoidContrastiveLoss use `np`, which "
-        "losses.py does not import (NameError)"
-    ),
-}
-if keras.backend.backend() != "tensorflow":
-    KNOWN_FAILURES["vishwam_keras.models.preprocessor"] = (
-        "the VishwamCausalLMPreprocessor Example expects `TensorShape([1, 8])`, which only the "
-        "TensorFlow backend prints; JAX and torch return arrays whose shape prints `(1, 8)`"
-    )
-
-
 def _doctest_params():
     for name in DOCTEST_MODULES:
-        marks = []
-        if name in KNOWN_FAILURES:
-            marks.append(pytest.mark.xfail(reason=KNOWN_FAILURES[name], strict=False))
-        yield pytest.param(name, id=name.replace("vishwam_keras.", ""), marks=marks)
+        yield pytest.param(name, id=name.replace("vishwam_keras.", ""))
 
 
 @pytest.mark.parametrize("module_name", list(_doctest_params()))

@@ -46,7 +46,7 @@ class DecoderBlock(keras.layers.Layer):
     Example:
     >>> block = DecoderBlock(hidden_dim=32, intermediate_dim=64, num_query_heads=4,
     ...                      num_key_value_heads=1, head_dim=8, sliding_window_size=4)
-    >>> block(keras.ops.ones((2, 6, 32))).shape
+    >>> tuple(block(keras.ops.ones((2, 6, 32))).shape)
     (2, 6, 32)
     """
 

@@ -18,7 +18,7 @@ class GatedFeedForward(keras.layers.Layer):
 
     Example:
     >>> ffn = GatedFeedForward(hidden_dim=8, intermediate_dim=16)
-    >>> ffn(keras.ops.ones((2, 3, 8))).shape
+    >>> tuple(ffn(keras.ops.ones((2, 3, 8))).shape)
     (2, 3, 8)
     """
 

@@ -22,7 +22,7 @@ class RMSNorm(keras.layers.Layer):
 
     Example:
     >>> norm = RMSNorm()
-    >>> norm(keras.ops.ones((2, 3, 8))).shape
+    >>> tuple(norm(keras.ops.ones((2, 3, 8))).shape)
     (2, 3, 8)
     """
 
@@ -69,7 +69,7 @@ class QueryKeyNormalization(keras.layers.Layer):
     Example:
     >>> qk_norm = QueryKeyNormalization()
     >>> q, k = qk_norm(keras.ops.ones((1, 3, 2, 8)), keras.ops.ones((1, 3, 1, 8)))
-    >>> q.shape, k.shape
+    >>> tuple(q.shape), tuple(k.shape)
     ((1, 3, 2, 8), (1, 3, 1, 8))
     """
 

@@ -29,7 +29,7 @@ class RotaryEmbedding(keras.layers.Layer):
 
     Example:
     >>> rope = RotaryEmbedding(max_wavelength=10_000)
-    >>> rope(keras.ops.ones((1, 4, 2, 8))).shape
+    >>> tuple(rope(keras.ops.ones((1, 4, 2, 8))).shape)
     (1, 4, 2, 8)
     """
 

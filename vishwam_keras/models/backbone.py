@@ -124,7 +124,7 @@ class VishwamBackbone(NamedPresetMixin, Backbone):
     ...     num_key_value_heads=2, hidden_dim=32, intermediate_dim=64, head_dim=8,
     ...     sliding_window_size=4)
     >>> x = {"token_ids": np.ones((1, 6), "int32"), "padding_mask": np.ones((1, 6), "int32")}
-    >>> backbone(x).shape
+    >>> tuple(backbone(x).shape)
     (1, 6, 32)
     """
 

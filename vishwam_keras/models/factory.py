@@ -75,7 +75,7 @@ class GemmaInspiredMultimodalTransformer(VishwamCausalLM):
     Example:
     >>> model = GemmaInspiredMultimodalTransformer(
     ...     config=MultimodalConfig(embed_dim=32, num_heads=4, num_layers=2, vocabulary_size=100))
-    >>> model(input_ids=np.ones((1, 4), "int32")).shape
+    >>> tuple(model(input_ids=np.ones((1, 4), "int32")).shape)
     (1, 4, 100)
     """
 

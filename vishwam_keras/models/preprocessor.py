@@ -59,8 +59,8 @@ class VishwamCausalLMPreprocessor(NamedPresetMixin, CausalLMPreprocessor):
     Example:
     >>> preprocessor = VishwamCausalLMPreprocessor.from_preset("vishwam_1b", sequence_length=8)
     >>> x, y, w = preprocessor(["To be, or not to be"])
-    >>> x["token_ids"].shape
-    TensorShape([1, 8])
+    >>> tuple(x["token_ids"].shape)
+    (1, 8)
     """
 
     backbone_cls = VishwamBackbone

@@ -93,6 +93,7 @@ class LanguageModelLoss(keras.losses.Loss):
         name: str. Defaults to `"language_model_loss"`.
 
     Example:
+    >>> import numpy as np
     >>> loss = LanguageModelLoss()
     >>> y_true = np.array([[1, 2, 0]])
     >>> y_pred = np.zeros((1, 3, 5))
@@ -175,6 +176,7 @@ class SigmoidContrastiveLoss(keras.layers.Layer):
         text_embeddings: float tensor `(batch, dim)`.
 
     Example:
+    >>> import numpy as np
     >>> head = SigmoidContrastiveLoss(name="contrastive_head")
     >>> z = np.eye(4, 8, dtype="float32")
     >>> tuple(head(z, z).shape)

@@ -59,7 +59,7 @@ class GroupedQueryAttention(keras.layers.Layer):
     Example:
     >>> attention = GroupedQueryAttention(
     ...     hidden_dim=32, num_query_heads=4, num_key_value_heads=2, head_dim=8)
-    >>> attention(keras.ops.ones((2, 5, 32))).shape
+    >>> tuple(attention(keras.ops.ones((2, 5, 32))).shape)
     (2, 5, 32)
     """
 
@@ -307,7 +307,7 @@ class FlashAttention2(GroupedQueryAttention):
     Example:
     >>> layer = FlashAttention2(embed_dim=32, num_heads=4, num_kv_heads=2,
     ...     attn_type=AttentionType.LOCAL_SLIDING, window_size=4)
-    >>> layer(keras.ops.ones((1, 10, 32))).shape
+    >>> tuple(layer(keras.ops.ones((1, 10, 32))).shape)
     (1, 10, 32)
     """
 
@@ -371,7 +371,7 @@ class SlidingWindowAttention(FlashAttention2):
 
     Example:
     >>> layer = SlidingWindowAttention(embed_dim=32, num_heads=4, window_size=4)
-    >>> layer(keras.ops.ones((1, 10, 32))).shape
+    >>> tuple(layer(keras.ops.ones((1, 10, 32))).shape)
     (1, 10, 32)
     """
 

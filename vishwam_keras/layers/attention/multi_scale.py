@@ -31,7 +31,7 @@ class MultiScaleAttention(GroupedQueryAttention):
 
     Example:
     >>> layer = MultiScaleAttention(embed_dim=32, num_heads=4, window_sizes=[2, -1])
-    >>> layer(keras.ops.ones((1, 6, 32))).shape
+    >>> tuple(layer(keras.ops.ones((1, 6, 32))).shape)
     (1, 6, 32)
     """
 

@@ -38,7 +38,7 @@ class SparseAttention(GroupedQueryAttention):
 
     Example:
     >>> layer = SparseAttention(embed_dim=32, num_heads=4, block_size=4)
-    >>> layer(keras.ops.ones((1, 16, 32))).shape
+    >>> tuple(layer(keras.ops.ones((1, 16, 32))).shape)
     (1, 16, 32)
     """
 
