@@ -1,7 +1,11 @@
 import os
 import sys
 
-import keras
+# The README promises JAX unless KERAS_BACKEND says otherwise (Keras alone would pick
+# TensorFlow, or whatever ~/.keras/keras.json names).
+os.environ.setdefault("KERAS_BACKEND", "jax")
+
+import keras  # noqa: E402
 import numpy as np
 import pytest
 
