@@ -3,7 +3,7 @@ Title: Importing KerasHub Gemma 3 weights
 Author: vishwam-keras maintainers
 Date created: 2026/11/27
 Last modified: 2026/11/27
-Description: Convert a `keras_hub.models.Gemma3Backbone` into a `VishwamBackbone` with `vishwam_keras.from_keras_hub_gemma3`, and check that both compute the same logits.
+Description: Convert a `keras_hub.models.Gemma3Backbone` (text, or text and vision) into a `VishwamBackbone` with `vishwam_keras.from_keras_hub_gemma3`, and check that both compute the same logits.
 Accelerator: None
 """
 
@@ -118,15 +118,15 @@ token_ids = rng.integers(1, VOCABULARY, (3, LENGTH)).astype("int32") * padding_m
 inputs = {"token_ids": token_ids, "padding_mask": padding_mask}
 
 
-def logits(any_backbone):
-    model = keras.Model(
-        any_backbone.input,
-        any_backbone.token_embedding(any_backbone.output, reverse=True),
-    )
-    return np.asarray(model.predict(inputs, verbose=0))
+def logits(any_backbone, any_inputs):
+    hidden = any_backbone.output
+    if isinstance(hidden, dict):  # a vision model (below) also returns image embeddings
+        hidden = hidden["sequence_output"]
+    model = keras.Model(any_backbone.input, any_backbone.token_embedding(hidden, reverse=True))
+    return np.asarray(model.predict(any_inputs, verbose=0))
 
 
-expected, converted = logits(gemma), logits(backbone)
+expected, converted = logits(gemma, inputs), logits(backbone, inputs)
 difference = np.abs(expected - converted)[padding_mask.astype(bool)].max()
 print(f"max |logit difference| over real tokens: {difference:.2e}")
 assert difference < 1e-3, difference
@@ -163,13 +163,77 @@ print(f"KV cache for 8k tokens: ours {ours.cache_bytes(1, 8192) / 2**20:.2f} MiB
       f"{2 * backbone.num_key_value_heads * backbone.head_dim * 8192 * backbone.num_layers * 4 / 2**20:.2f} MiB")
 
 """
-## What does not convert (yet)
+## A Gemma 3 with images
+
+A `Gemma3Backbone` with a `Gemma3VisionEncoder` converts too. Its SigLIP tower (patch
+convolution, ViT blocks, average pooling of the patch grid by `pool_size`, RMSNorm and
+projection to the text width) becomes a `SigLIPVisionEncoder(pooling="avg")`, and the
+model fuses images by `"interleave"`: image tokens replace placeholder tokens and attend
+to each other both ways. KerasHub is told where the image tokens go (`vision_indices`,
+`vision_mask`); ours finds them from the placeholder id in `token_ids`, so the converter
+needs that id: `Gemma3Tokenizer.image_placeholder_id` (`<img>`) for a real checkpoint,
+any unused id in this toy vocabulary.
+
+```python
+gemma = keras_hub.models.Gemma3Backbone.from_preset("gemma3_instruct_4b")
+tokenizer = keras_hub.models.Gemma3Tokenizer.from_preset("gemma3_instruct_4b")
+backbone = vishwam_keras.from_keras_hub_gemma3(
+    gemma, image_token_id=tokenizer.image_placeholder_id
+)
+```
+
+Here: 28 x 28 images, 7 x 7 patches (a 4 x 4 grid) pooled by 2, so 4 tokens per image.
+"""
+
+from keras_hub.models import Gemma3VisionEncoder
+
+IMAGE_TOKEN_ID, IMAGE_SIZE = 6, 28
+vision_encoder = Gemma3VisionEncoder(
+    image_size=IMAGE_SIZE, patch_size=7, num_heads=2, hidden_dim=16, num_layers=2,
+    intermediate_dim=32, output_dim=gemma.hidden_dim, pool_size=2, dtype="float32",
+)
+text_config = {key: value for key, value in gemma.get_config().items()
+               if key not in ("name", "trainable", "vision_encoder", "image_size")}
+# The text model above, plus the vision tower.
+vision_gemma = keras_hub.models.Gemma3Backbone(
+    **text_config, image_size=IMAGE_SIZE, vision_encoder=vision_encoder
+)
+for weight in vision_gemma.weights:
+    weight.assign(rng.normal(0.0, 0.3, weight.shape).astype("float32"))
+vision_backbone = vishwam_keras.from_keras_hub_gemma3(vision_gemma, image_token_id=IMAGE_TOKEN_ID)
+print("vision encoder:", type(vision_backbone.vision_encoder).__name__,
+      f"pooling={vision_backbone.vision_encoder.pooling!r},",
+      f"{vision_backbone.vision_encoder.num_output_tokens} tokens per image")
+
+"""
+One prompt with two images, each image's placeholders between text tokens (Gemma 3's
+prompts put `<start_of_image>` before and `<end_of_image>` after them). KerasHub gets
+the placeholder positions; ours gets `image_mask`, one flag per image.
+"""
+
+image_ids = rng.integers(IMAGE_TOKEN_ID + 1, VOCABULARY, (1, LENGTH)).astype("int32")
+image_ids[0, 2:6] = image_ids[0, 8:12] = IMAGE_TOKEN_ID
+images = rng.normal(0.0, 1.0, (1, 2, IMAGE_SIZE, IMAGE_SIZE, 3)).astype("float32")
+is_image = image_ids == IMAGE_TOKEN_ID
+shared = {"token_ids": image_ids, "padding_mask": np.ones_like(image_ids), "images": images}
+their_inputs = {**shared, "vision_mask": is_image.astype("int32"),
+                "vision_indices": np.flatnonzero(is_image[0])[None].astype("int32")}
+our_inputs = {**shared, "image_mask": np.ones((1, 2), "int32")}
+difference = np.abs(
+    logits(vision_gemma, their_inputs) - logits(vision_backbone, our_inputs)
+).max()
+print(f"with images: max |logit difference| {difference:.2e}")
+assert difference < 1e-3, difference
+
+"""
+## What does not convert
 
 The converter refuses, with a `NotImplementedError` naming the option, what a
-`VishwamBackbone` cannot express: a Gemma 3 backbone **with a vision encoder** (the
-vision tower's conversion is pending; convert the text model), backbones without the
-post-attention / post-feed-forward norms, a local RoPE scaling factor other than 1,
-EmbeddingGemma's pooling heads and bidirectional attention.
+`VishwamBackbone` cannot express: backbones without the post-attention /
+post-feed-forward norms, a local RoPE scaling factor other than 1, EmbeddingGemma's
+pooling heads and bidirectional attention; in a vision encoder, a pool size that does not
+divide the patch grid, more tokens per image than the sliding window (KerasHub windows
+attention inside an image on local layers), norms with different epsilons.
 """
 
 unsupported = keras_hub.models.Gemma3Backbone(

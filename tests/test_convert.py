@@ -38,7 +38,10 @@ def _inputs():
 
 def _logits(backbone, inputs):
     """Tied-embedding logits; one compiled call on JAX (eager JAX compiles every op)."""
-    model = keras.Model(backbone.input, backbone.token_embedding(backbone.output, reverse=True))
+    output = backbone.output
+    if isinstance(output, dict):  # a VishwamBackbone with a vision encoder
+        output = output["sequence_output"]
+    model = keras.Model(backbone.input, backbone.token_embedding(output, reverse=True))
     if keras.backend.backend() != "jax":
         return keras.ops.convert_to_numpy(model(inputs))
     import jax
@@ -91,15 +94,106 @@ def test_inexpressible_gemma3_options_are_reported(overrides, message):
         from_keras_hub_gemma3(_gemma3(num_layers=1, **overrides))
 
 
-def test_vision_conversion_is_pending():
+IMAGE_TOKEN_ID = 6
+
+
+def _gemma3_vision_encoder(**overrides):
     from keras_hub.src.models.gemma3.gemma3_vision_encoder import Gemma3VisionEncoder
 
-    vision_encoder = Gemma3VisionEncoder(
-        image_size=16, patch_size=4, num_heads=2, hidden_dim=8, num_layers=1,
+    kwargs = dict(
+        image_size=28, patch_size=7, num_heads=2, hidden_dim=8, num_layers=2,
         intermediate_dim=16, output_dim=32, pool_size=2, dtype="float32",
+    )  # a 4 x 4 patch grid pooled to 2 x 2: 4 tokens per image, within the window of 4
+    kwargs.update(overrides)
+    return Gemma3VisionEncoder(**kwargs)
+
+
+def _vision_inputs(text_only=False):
+    """The same batch for both models: two images in row 0, one (and a padded slot) in
+    row 1, each image's 4 placeholders apart from the others and from position 0.
+
+    Text only, ours gets no images; KerasHub gets one padded image slot per row (its
+    vision encoder fails on zero images under TensorFlow), which its `vision_indices`
+    of 0 leave out, as its preprocessor does for rows with fewer images.
+    """
+    rng = np.random.default_rng(2)
+    padding_mask = np.ones((2, LENGTH), "int32")
+    padding_mask[1, 11:] = 0
+    token_ids = rng.integers(IMAGE_TOKEN_ID + 1, 97, (2, LENGTH)).astype("int32")
+    if not text_only:
+        token_ids[0, 2:6] = token_ids[0, 8:12] = token_ids[1, 3:7] = IMAGE_TOKEN_ID
+    token_ids *= padding_mask
+    images = rng.normal(0.0, 1.0, (2, 1 if text_only else 2, 28, 28, 3)).astype("float32")
+    image_mask = np.ones((2, 2), "int32")
+    vision_mask = (token_ids == IMAGE_TOKEN_ID).astype("int32")
+    vision_indices = np.zeros((2, 4 * images.shape[1]), "int32")  # KerasHub pads with 0
+    for row in range(2):
+        positions = np.flatnonzero(vision_mask[row])
+        vision_indices[row, : len(positions)] = positions
+    if not text_only:
+        images[1, 1], image_mask[1, 1] = 0.0, 0
+    shared = {"token_ids": token_ids, "padding_mask": padding_mask}
+    ours = {**shared, "images": images[:, :0] if text_only else images,
+            "image_mask": image_mask[:, :0] if text_only else image_mask}
+    theirs = {**shared, "images": images, "vision_indices": vision_indices,
+              "vision_mask": vision_mask}
+    return ours, theirs
+
+
+@pytest.fixture(scope="module")
+def vision_gemma():
+    return _gemma3(image_size=28, vision_encoder=_gemma3_vision_encoder())
+
+
+@pytest.mark.parametrize("text_only", [False, True], ids=["images", "text_only"])
+def test_converted_gemma3_vision_backbone_matches_keras_hub_logits(vision_gemma, text_only):
+    backbone = from_keras_hub_gemma3(vision_gemma, image_token_id=IMAGE_TOKEN_ID)
+    encoder = backbone.vision_encoder
+    assert (encoder.pooling, encoder.num_output_tokens, backbone.fusion_type) == (
+        "avg", 4, "interleave"
     )
-    with pytest.raises(NotImplementedError, match="vision encoder is pending"):
-        from_keras_hub_gemma3(_gemma3(num_layers=1, vision_encoder=vision_encoder))
+    assert len(backbone.weights) == len(vision_gemma.weights)
+    ours, theirs = _vision_inputs(text_only)
+    expected = _logits(vision_gemma, theirs)
+    assert _max_diff(expected, _logits(backbone, ours), ours) < 1e-4
+
+
+def test_gemma3_vision_weights_are_copied(vision_gemma):
+    ours, theirs = _vision_inputs()
+    before = from_keras_hub_gemma3(vision_gemma, image_token_id=IMAGE_TOKEN_ID)
+    weight = vision_gemma.vision_encoder.get_layer("image_encoder").resblocks[-1].mlp_dense_2.bias
+    original = keras.ops.convert_to_numpy(weight.value)
+    try:
+        # Not a constant shift: the encoder's final LayerNorm would remove it.
+        weight.assign(original + np.linspace(-1.0, 1.0, original.size, dtype="float32"))
+        after = from_keras_hub_gemma3(vision_gemma, image_token_id=IMAGE_TOKEN_ID)
+        expected = _logits(vision_gemma, theirs)
+        assert _max_diff(expected, _logits(after, ours), ours) < 1e-4
+        assert _max_diff(expected, _logits(before, ours), ours) > 1e-3
+    finally:
+        weight.assign(original)
+
+
+@pytest.mark.parametrize(
+    "encoder_overrides, image_token_id, error, message",
+    [
+        ({}, None, ValueError, "needs `image_token_id`"),
+        ({}, 97, ValueError, "needs `image_token_id`"),
+        ({"pool_size": 3}, 6, NotImplementedError, "pool size to divide the patch grid"),
+        ({"pool_size": 1}, 6, NotImplementedError, "16 tokens per image > sliding_window"),
+        ({"layer_norm_epsilon": 1e-5}, 6, NotImplementedError, "vision norm epsilon"),
+    ],
+)
+def test_inexpressible_gemma3_vision_options_are_reported(
+    encoder_overrides, image_token_id, error, message
+):
+    vision_encoder = _gemma3_vision_encoder(num_layers=1, **encoder_overrides)
+    gemma = _gemma3(num_layers=1, image_size=28, vision_encoder=vision_encoder)
+    with pytest.raises(error, match=message):
+        from_keras_hub_gemma3(gemma, image_token_id=image_token_id)
+
+
+def test_only_gemma3_backbones_convert():
     with pytest.raises(TypeError, match="Gemma3Backbone"):
         from_keras_hub_gemma3(VishwamBackbone(
             vocabulary_size=97, num_layers=1, num_query_heads=2, num_key_value_heads=1,
