@@ -26,18 +26,23 @@ from vishwam_keras.training.losses import (
 IMAGE_MARKER_TOKEN_IDS = (4, 5)  # <start_of_image>, <end_of_image> in the bundled vocabulary
 
 
-def prefill_bucket(min_prompt_length):
-    """Largest bucket <= `min_prompt_length - 1`: powers of two below 64, then multiples of 64.
+def bucket_down(length):
+    """Largest bucket <= `length` (powers of two below 64, then multiples of 64); 0 if none.
 
-    The prefix before the bucket is encoded in one parallel pass; the rest of each prompt
+    The prefix up to the bucket is encoded in one parallel pass; the rest of each prompt
     is fed through decode steps. Buckets keep the number of compiled variants small.
     """
-    limit = int(min_prompt_length) - 1
-    if limit <= 0:
+    length = int(length)
+    if length <= 0:
         return 0
-    if limit < 64:
-        return 1 << (limit.bit_length() - 1)
-    return (limit // 64) * 64
+    if length < 64:
+        return 1 << (length.bit_length() - 1)
+    return (length // 64) * 64
+
+
+def prefill_bucket(min_prompt_length):
+    """Largest bucket <= `min_prompt_length - 1` (leaves the last prompt token to decode)."""
+    return bucket_down(int(min_prompt_length) - 1)
 
 
 def bucket_up(length, limit):
@@ -200,6 +205,7 @@ class VishwamCausalLM(NamedPresetMixin, CausalLM):
         padding_mask=None,
         vision=None,
         cache_update_mask=None,
+        logits_kernel=None,
     ):
         """Forward pass that reads and updates the per-layer key/value caches.
 
@@ -212,6 +218,8 @@ class VishwamCausalLM(NamedPresetMixin, CausalLM):
             vision: optional output of `backbone.encode_images` (encoded once per batch).
             cache_update_mask: optional bool `(batch,)` for a decode step; False keeps
                 the prefill's keys of a prompt token.
+            logits_kernel: optional `(hidden_dim, vocabulary_size)` from `_logits_kernel()`,
+                made once before a decode loop.
 
         Returns:
             `(logits, hidden_states, cache)`.
@@ -239,8 +247,31 @@ class VishwamCausalLM(NamedPresetMixin, CausalLM):
                     image_present=vision[3],
                 )
         hidden_states = backbone.final_norm(x)
-        logits = backbone.token_embedding(hidden_states, reverse=True)
+        if logits_kernel is None:
+            logits = backbone.token_embedding(hidden_states, reverse=True)
+        else:
+            logits = ops.matmul(hidden_states, logits_kernel)
+            cap = backbone.token_embedding.logit_soft_cap
+            if cap is not None:
+                logits = ops.tanh(logits / cap) * cap
         return ops.cast(logits, "float32"), hidden_states, tuple(new_cache)
+
+    def _logits_kernel(self):
+        """The tied embedding transposed to `(hidden_dim, vocabulary_size)`, or None.
+
+        `ReversibleEmbedding` multiplies by `embeddings^T` at every call; on XLA CPU that
+        transposed operand is about 1.5x slower than a contiguous one at batch > 1, so the
+        decode loop transposes once, before the loop. Quantized embeddings keep their path.
+        """
+        embedding = self.backbone.token_embedding
+        if (
+            getattr(embedding, "quantization_mode", None) is not None
+            or not embedding.tie_weights
+            or getattr(embedding, "reverse_dtype", None) is not None
+        ):
+            return None
+        kernel = ops.cast(embedding.embeddings, embedding.compute_dtype)
+        return ops.transpose(kernel)
 
     def _build_cache(self, token_ids, prefill_length, ring_extra=0, padding_mask=None, vision=None):
         """Empty caches, then prefill `prefill_length` tokens.
@@ -299,6 +330,7 @@ class VishwamCausalLM(NamedPresetMixin, CausalLM):
         cache = self._build_cache(
             token_ids, prefill_length, self._ring_extra, padding_mask=padding_mask, vision=vision
         )
+        logits_kernel = self._logits_kernel()
 
         def next(prompt, cache, index):
             position = index - 1
@@ -309,7 +341,8 @@ class VishwamCausalLM(NamedPresetMixin, CausalLM):
                 ops.logical_not(prompt_token), ops.greater_equal(position, prefill_length)
             )
             logits, hidden_states, cache = self.call_with_cache(
-                current, cache, position, vision=vision, cache_update_mask=update
+                current, cache, position, vision=vision, cache_update_mask=update,
+                logits_kernel=logits_kernel,
             )
             return ops.squeeze(logits, axis=1), ops.squeeze(hidden_states, axis=1), cache
 
@@ -336,20 +369,25 @@ class VishwamCausalLM(NamedPresetMixin, CausalLM):
     def _plan_generation(self, token_ids, padding_mask, has_images):
         """Static prefill length, first sampled index and ring-buffer slack for a batch.
 
-        Text-only: prefill a bucket no longer than the shortest prompt (minus one), so
-        ring buffers stay at the window size. With images: prefill past the last image
+        Text-only: prefill the largest bucket within the shortest prompt (`bucket_down`),
+        so ring buffers stay at the window size. With images: prefill past the last image
         token of every row, so each image is encoded with bidirectional attention in one
         pass; local caches then grow by how far the prefill passes the shortest prompt.
         """
         lengths = padding_mask.astype(bool).sum(axis=-1)
         min_length, max_length = int(lengths.min()), token_ids.shape[1]
-        prefill_length = prefill_bucket(min_length)
+        # The prefill may cover the whole shortest prompt: the first decode step feeds its
+        # last token again (keeping the prefilled keys) to get the first logits. Stopping
+        # one token earlier would cost a whole bucket (64 decode steps) at lengths k * 64.
+        prefill_length = bucket_down(min_length)
         if has_images:
             is_image = token_ids == self.backbone.image_token_id
             last = max((int(np.nonzero(row)[0].max()) + 1 if row.any() else 0) for row in is_image)
             prefill_length = max(prefill_length, bucket_up(last, max_length) if last else 0)
         start_index = min(prefill_length, min_length - 1) + 1
-        ring_extra = max(0, prefill_length - min_length + 1)
+        # The first decode step (position min_length - 1) needs the window before it, and
+        # the prefill has already written up to prefill_length - 1 into the ring.
+        ring_extra = max(0, prefill_length - min_length)
         return prefill_length, start_index, ring_extra
 
     def make_generate_function(self):
