@@ -69,6 +69,24 @@ def test_int8_quantize_then_generate():
     assert (int8_tokens[generated] == float_tokens[generated]).mean() >= 0.8
 
 
+def test_int8_quantize_a_model_with_its_preprocessor_after_generate():
+    """`quantize` visits every sublayer, the preprocessor's too: none may be left unbuilt."""
+    from vishwam_keras import VishwamCausalLMPreprocessor
+
+    preprocessor = VishwamCausalLMPreprocessor.from_preset("vishwam_1b", sequence_length=12)
+    lm = VishwamCausalLM(
+        VishwamBackbone(**tiny_backbone_kwargs(vocabulary_size=preprocessor.tokenizer.vocabulary_size())),
+        preprocessor=preprocessor,
+    )
+    lm.compile(sampler="greedy")
+    lm.generate(["To be"], max_length=10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        lm.quantize("int8")
+    assert keras.backend.standardize_dtype(lm.backbone.token_embedding.embeddings.dtype) == "int8"
+    assert isinstance(lm.generate("To be", max_length=10), str)
+
+
 # --- LoRA -------------------------------------------------------------------------------
 
 

@@ -100,6 +100,11 @@ class VishwamCausalLMPreprocessor(NamedPresetMixin, CausalLMPreprocessor):
             sep_value=[],
             sequence_length=self.sequence_length,
         )
+        # The packers have no weights: build them now, so `model.quantize(...)`, which
+        # visits every sublayer, does not stop at one that `generate` left unbuilt.
+        for packer in (self.packer, self.segment_packer):
+            if not packer.built:
+                packer.build(None)
 
     # === Images ===
     @property
