@@ -422,6 +422,14 @@ class VishwamCausalLM(NamedPresetMixin, CausalLM):
         return generate_function
 
     def compile(self, *args, sampler="top_k", **kwargs):
+        """KerasHub's `CausalLM.compile`, refusing a `sampler` that is not one.
+
+        Args:
+            *args, **kwargs: as `keras_hub.models.CausalLM.compile` (`optimizer`, `loss`,
+                `weighted_metrics`, ...).
+            sampler: a `keras_hub.samplers.Sampler` or its name (`"greedy"`, `"top_k"`,
+                `"top_p"`, `"beam"`, `"random"`, `"contrastive"`). Defaults to `"top_k"`.
+        """
         resolved = keras_hub.samplers.get(sampler)
         if not isinstance(resolved, keras_hub.samplers.Sampler):
             raise ValueError(
