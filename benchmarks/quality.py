@@ -71,17 +71,18 @@ def preset_training_settings(preset):
     defaults of `training.pipeline.train_fashion_preset` (the script that trains it)."""
     import inspect
 
+    from vishwam_keras import safety
     from vishwam_keras.models import presets
     from vishwam_keras.training import pipeline
     from vishwam_keras.training.curriculum import default_curriculum
 
     training = {}
     try:
-        with open(os.path.join(presets.resolve_preset(preset), "metadata.json")) as file:
-            training = json.load(file).get("training") or {}
-    except (ValueError, OSError):
+        metadata = safety.load_json_file(os.path.join(presets.resolve_preset(preset), "metadata.json"))
+        training = metadata.get("training") or {}
+    except ValueError:  # no readable metadata.json: fall back to the script's defaults
         pass
-    if not training and hasattr(pipeline, "train_fashion_preset"):
+    if not training:
         defaults = {
             name: parameter.default
             for name, parameter in inspect.signature(pipeline.train_fashion_preset).parameters.items()

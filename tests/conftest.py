@@ -12,6 +12,23 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 
 
+def _fashion_mnist_found():
+    from vishwam_keras.data import fashion_mnist
+
+    try:
+        fashion_mnist.find_fashion_mnist()
+        return True
+    except FileNotFoundError:
+        return False
+
+
+# Tests that read Fashion-MNIST (`.ci/run` installs Debian's package) skip without it.
+requires_fashion_mnist = pytest.mark.skipif(
+    not _fashion_mnist_found(),
+    reason="Fashion-MNIST not found (apt-get install dataset-fashion-mnist, or set VISHWAM_DATA_DIR)",
+)
+
+
 @pytest.fixture(autouse=True)
 def _seed_and_policy():
     keras.utils.set_random_seed(0)

@@ -3,23 +3,10 @@ import math
 import numpy as np
 import pytest
 
+from conftest import requires_fashion_mnist
 from vishwam_keras import evaluation
 from vishwam_keras.data import fashion_mnist, fashion_scenes
 from vishwam_keras.data.pipelines import CAPTION_PROMPT
-
-
-def _fashion_mnist_found():
-    try:
-        fashion_mnist.find_fashion_mnist()
-        return True
-    except FileNotFoundError:
-        return False
-
-
-requires_fashion_mnist = pytest.mark.skipif(
-    not _fashion_mnist_found(),
-    reason="Fashion-MNIST not found (apt-get install dataset-fashion-mnist, or set VISHWAM_DATA_DIR)",
-)
 
 
 def _hand_made_scenes(labels):

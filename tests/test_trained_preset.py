@@ -5,20 +5,13 @@ run on a few hundred FashionScenes learns more than chance. Both need Fashion-MN
 import keras
 import pytest
 
+from conftest import requires_fashion_mnist
 from vishwam_keras import evaluation
-from vishwam_keras.data import fashion_mnist
 from vishwam_keras.models.presets import preset_metadata
 
 PRESET = "vishwam_tiny_fashion"
 NUM_SCENES = 200  # the first 200 of the committed test scenes
 TOLERANCE = 0.02  # two points
-
-
-def _require_fashion_mnist():
-    try:
-        fashion_mnist.load_fashion_mnist("test")
-    except (FileNotFoundError, OSError, ValueError) as error:
-        pytest.skip(f"Fashion-MNIST not available: {error}")
 
 
 # Generation for 3,162 questions and 200 captions: about a minute on 2 cores under JAX,
@@ -28,8 +21,8 @@ SLOW_ON_TENSORFLOW = pytest.mark.slow if keras.backend.backend() == "tensorflow"
 
 
 @SLOW_ON_TENSORFLOW
+@requires_fashion_mnist
 def test_shipped_preset_reaches_its_recorded_test_scores():
-    _require_fashion_mnist()
     from vishwam_keras.demo import load_fashion_model
 
     recorded = preset_metadata(PRESET)["evaluation"][f"test_{NUM_SCENES}"]
@@ -45,8 +38,8 @@ def test_shipped_preset_reaches_its_recorded_test_scores():
 
 
 @pytest.mark.slow
+@requires_fashion_mnist
 def test_short_curriculum_on_a_few_hundred_scenes_beats_chance_on_vqa(tmp_path):
-    _require_fashion_mnist()
     from vishwam_keras import FASHION_TINY_CONFIG, AdvancedTrainingConfig, main_training_pipeline
     from vishwam_keras.data.pipelines import stage_datasets
     from vishwam_keras.training.curriculum import default_curriculum

@@ -7,6 +7,8 @@ before any work is done, and returns the value in its plain Python type.
 import math
 import numbers
 
+import numpy as np
+
 
 def check_int(name, value, minimum=1, allow_none=False):
     """`value` as an int >= `minimum` (bools refused); `None` passes when `allow_none`."""
@@ -34,3 +36,9 @@ def check_float(name, value, minimum=0.0, strict=False, allow_none=False):
             expected = f"None or {expected}"
         raise ValueError(f"`{name}` must be {expected}. Received: {name}={value!r}")
     return float(value)
+
+
+def static_dim(size):
+    """A static dimension as an int; `None` for unknown or symbolic ones (jax2tf export,
+    `tf.function`), which only compare safely with `==`."""
+    return int(size) if isinstance(size, (int, np.integer)) else None

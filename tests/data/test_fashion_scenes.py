@@ -4,21 +4,10 @@ import re
 import numpy as np
 import pytest
 
+from conftest import requires_fashion_mnist
 from vishwam_keras.data import fashion_mnist, fashion_scenes
 
-
-def _fashion_mnist_found():
-    try:
-        fashion_mnist.find_fashion_mnist()
-        return True
-    except FileNotFoundError:
-        return False
-
-
-pytestmark = pytest.mark.skipif(
-    not _fashion_mnist_found(),
-    reason="Fashion-MNIST not found (apt-get install dataset-fashion-mnist, or set VISHWAM_DATA_DIR)",
-)
+pytestmark = requires_fashion_mnist
 
 # Written out again here, so the checks do not reuse the module's tables.
 NAMES = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot"]

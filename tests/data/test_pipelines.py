@@ -2,22 +2,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import requires_fashion_mnist
 from vishwam_keras import VishwamCausalLMPreprocessor, VishwamImageConverter
-from vishwam_keras.data import fashion_mnist, fashion_scenes, pipelines
+from vishwam_keras.data import fashion_scenes, pipelines
 
 
-def _fashion_mnist_found():
-    try:
-        fashion_mnist.find_fashion_mnist()
-        return True
-    except FileNotFoundError:
-        return False
-
-
-requires_fashion_mnist = pytest.mark.skipif(
-    not _fashion_mnist_found(),
-    reason="Fashion-MNIST not found (apt-get install dataset-fashion-mnist, or set VISHWAM_DATA_DIR)",
-)
 TOKENS_PER_IMAGE = 4
 IMAGE_TOKEN = "<image_soft_token>"
 

@@ -201,13 +201,13 @@ class DecoderBlock(keras.layers.Layer):
         pass instead of stored. Only tensors cross the remat boundary (`training` is closed
         over), which is why the block does this itself rather than through
         `keras.RematScope`, whose wrapper also traces Python flags."""
-        names = [n for n, v in (("padding_mask", padding_mask), ("span_ids", span_ids)) if v is not None]
+        masks = {"padding_mask": padding_mask, "span_ids": span_ids}
+        masks = {name: mask for name, mask in masks.items() if mask is not None}
 
-        def body(x, *masks):
-            return self._forward(x, training=training, **dict(zip(names, masks)))
+        def body(x, *values):
+            return self._forward(x, training=training, **dict(zip(masks, values)))
 
-        masks = [padding_mask if n == "padding_mask" else span_ids for n in names]
-        return keras.remat(body)(inputs, *masks)
+        return keras.remat(body)(inputs, *masks.values())
 
     def compute_output_shape(self, input_shape):
         return input_shape

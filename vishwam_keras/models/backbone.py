@@ -8,7 +8,7 @@ import numpy as np
 from keras import ops
 from keras_hub.models import Backbone
 
-from vishwam_keras.checks import check_int
+from vishwam_keras.checks import check_int, static_dim
 from vishwam_keras.layers.decoder_block import DecoderBlock
 from vishwam_keras.layers.fusion import GatedCrossAttentionBlock
 from vishwam_keras.layers.interleave import ImageEmbedding, ImageTokenInterleave
@@ -33,7 +33,7 @@ def _static_shape(value):
     if shape is None:
         shape = np.shape(value)
     # Symbolic dimensions (jax2tf export, tf.function) are unknown here, not ints.
-    return tuple(int(d) if isinstance(d, (int, np.integer)) else None for d in shape)
+    return tuple(static_dim(d) for d in shape)
 
 
 def _is_concrete(value):

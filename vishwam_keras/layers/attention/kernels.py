@@ -15,6 +15,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from vishwam_keras.checks import static_dim
 from vishwam_keras.layers.attention import blockwise as blockwise_lib
 from vishwam_keras.layers.attention import masks as masks_lib
 
@@ -127,19 +128,14 @@ def _check_device(implementation, interpret):
 # --- what each fast path supports -----------------------------------------------------
 
 
-def _dim(size):
-    """A static dimension as an int; `None` for unknown or symbolic ones (jax2tf export)."""
-    return int(size) if isinstance(size, (int, np.integer)) else None
-
-
 def blockwise_supported(query, key):
-    if _dim(query.shape[1]) is None or _dim(key.shape[1]) is None:
+    if static_dim(query.shape[1]) is None or static_dim(key.shape[1]) is None:
         return False, "block-wise needs static sequence lengths"
     return True, ""
 
 
 def splash_supported(query, key, mask, *, static_positions):
-    if _dim(query.shape[1]) is None or _dim(key.shape[1]) is None:
+    if static_dim(query.shape[1]) is None or static_dim(key.shape[1]) is None:
         return False, "splash needs static sequence lengths"
     if not static_positions:
         return False, "splash needs the default positions (`query_positions`/`key_positions` unset)"
@@ -162,7 +158,7 @@ def cudnn_supported(query, key, value, mask, *, logit_soft_cap, static_positions
     except Exception:
         pass
     dtype = keras.backend.standardize_dtype(query.dtype)
-    q_len, kv_len = _dim(query.shape[1]), _dim(key.shape[1])
+    q_len, kv_len = static_dim(query.shape[1]), static_dim(key.shape[1])
     if dtype not in ("float16", "bfloat16"):
         return False, f"cuDNN runs float16/bfloat16 only, got {dtype}"
     if head_dim is None or head_dim % 8 or head_dim > max_head_dim or value.shape[-1] != head_dim:
@@ -179,7 +175,7 @@ def cudnn_supported(query, key, value, mask, *, logit_soft_cap, static_positions
 
 
 def _prefers_blockwise(query, key, mask):
-    q_len, kv_len = _dim(query.shape[1]), _dim(key.shape[1])
+    q_len, kv_len = static_dim(query.shape[1]), static_dim(key.shape[1])
     if q_len is None or kv_len is None or q_len < BLOCKWISE_MIN_Q_LEN:
         return False
     if kv_len >= BLOCKWISE_MIN_KV_LEN:
@@ -203,7 +199,7 @@ def choose_implementation(
 def _choose(query, key, mask, value, logit_soft_cap, static_positions):
     """`choose_implementation`, with the reason for the log."""
     platform = _jax_platform()
-    q_len = _dim(query.shape[1])
+    q_len = static_dim(query.shape[1])
     if platform == "tpu" and q_len is not None and q_len >= SPLASH_MIN_Q_LEN:
         ok, why = splash_supported(query, key, mask, static_positions=static_positions)
         if ok:
