@@ -122,15 +122,32 @@ def baseline_training_config(preset, steps=None, seed=None):
     )
 
 
-def curriculum_mixture(config):
+def preset_finetuning_mixture(preset):
+    """The fine-tuning stage's caption / VQA mixture recorded in the preset's metadata.json
+    (`"training"` / `"finetuning_mixture"`), else `pipelines.DEFAULT_MIXTURE`."""
+    from vishwam_keras import safety
+    from vishwam_keras.data.pipelines import DEFAULT_MIXTURE
+    from vishwam_keras.models import presets
+
+    try:
+        metadata = safety.load_json_file(os.path.join(presets.resolve_preset(preset), "metadata.json"))
+    except ValueError:
+        return dict(DEFAULT_MIXTURE)
+    return dict((metadata.get("training") or {}).get("finetuning_mixture") or DEFAULT_MIXTURE)
+
+
+def curriculum_mixture(config, finetuning_mixture=None):
     """The curriculum's data as one mixture: each source weighted by the steps that read it.
 
     `text_pretraining` reads Shakespeare, `vision_alignment` captions, and
-    `multimodal_finetuning` (or any other stage) the default caption / VQA mixture.
+    `multimodal_finetuning` (or any other stage) `finetuning_mixture` (defaults to
+    `pipelines.DEFAULT_MIXTURE`).
     """
     from vishwam_keras.data.pipelines import DEFAULT_MIXTURE
     from vishwam_keras.training.curriculum import as_stages, default_curriculum
 
+    finetuning_mixture = DEFAULT_MIXTURE if finetuning_mixture is None else finetuning_mixture
+    total_weight = float(sum(finetuning_mixture.values()))
     stages = as_stages(config.curriculum_stages or default_curriculum(config.total_steps))
     mixture = {"text": 0.0, "caption": 0.0, "vqa": 0.0}
     for stage in stages:
@@ -138,8 +155,8 @@ def curriculum_mixture(config):
         if source is not None:
             mixture[source] += stage.steps
         else:
-            for name, weight in DEFAULT_MIXTURE.items():
-                mixture[name] += stage.steps * weight
+            for name, weight in finetuning_mixture.items():
+                mixture[name] += stage.steps * weight / total_weight
     total = sum(mixture.values())
     return {name: weight / total for name, weight in mixture.items() if weight > 0}
 
@@ -155,7 +172,7 @@ def train_baseline(preset, steps=None, seed=None, num_train_scenes=None, referen
     from vishwam_keras.training.pipeline import main_training_pipeline
 
     config = baseline_training_config(preset, steps, seed)
-    mixture = curriculum_mixture(config)
+    mixture = curriculum_mixture(config, preset_finetuning_mixture(preset))
     print(f"Baseline: {config.total_steps} steps, batch {config.batch_size}, seed {config.seed}, "
           f"no curriculum, no contrastive loss; data mixture {_format_mixture(mixture)}")
     dataset = multimodal_stage_dataset(
@@ -189,10 +206,51 @@ def system_tables(results_by_split, baseline_results_by_split, label):
             "question prior": systems["question_prior"],
         }
         if split in baseline_results_by_split:
-            table["PaliGemma-style baseline"] = evaluation.system_metrics(baseline_results_by_split[split])["model"]
+            table[BASELINE_LABEL] = evaluation.system_metrics(baseline_results_by_split[split])["model"]
         table[label] = systems["model"]
         tables[split] = table
     return tables
+
+
+# The issue's targets for the shipped preset on the test split: (metric, at least).
+TARGETS = (("VQA accuracy", 0.80), ("image->text R@10", 0.90), ("caption BLEU-4", 0.60))
+BASELINE_LABEL = "PaliGemma-style baseline"
+
+
+def target_lines(table, label):
+    """Markdown rows `| target | reached | verdict |` for `TARGETS` and the baseline race."""
+    ours = table[label]
+    lines = ["| target | reached | verdict |", "|---|---:|---|"]
+    for metric, goal in TARGETS:
+        value = ours.get(metric)
+        if value is None:
+            lines.append(f"| {metric} >= {100 * goal:.0f}% | - | not measured |")
+            continue
+        shown = f"{value:.3f}" if metric == "caption BLEU-4" else f"{100 * value:.1f}%"
+        chance = table["chance"].get(metric)
+        if chance is not None and metric != "caption BLEU-4":
+            shown += f" (chance {100 * chance:.1f})"
+        gap = 100 * (goal - value)
+        verdict = "met" if value >= goal else f"missed by {gap:.1f} points"
+        goal_text = f"{goal:.1f}" if metric == "caption BLEU-4" else f"{100 * goal:.0f}%"
+        lines.append(f"| {metric} >= {goal_text} | {shown} | {verdict} |")
+    if BASELINE_LABEL in table:
+        baseline = table[BASELINE_LABEL]
+        compared = [
+            (metric, ours[metric], baseline[metric]) for metric, _ in TARGETS
+            if ours.get(metric) is not None and baseline.get(metric) is not None
+        ]
+        cells = ", ".join(f"{metric} {100 * a:.1f} vs {100 * b:.1f}" for metric, a, b in compared)
+        ahead = [metric for metric, a, b in compared if a > b]
+        verdict = "met" if len(ahead) == len(compared) else (
+            f"ahead on {', '.join(ahead)}" if ahead else "missed: the baseline is ahead"
+        )
+        missing = [metric for metric, _ in TARGETS if metric not in {m for m, _, _ in compared}]
+        if missing:
+            verdict += f" (the baseline has no {', '.join(missing)} to compare)"
+        lines.append(f"| ahead of the {BASELINE_LABEL} (same model, data, steps, seed; no "
+                     f"curriculum, no contrastive loss) | {cells} | {verdict} |")
+    return lines
 
 
 def save_plot(tables, path):
@@ -253,6 +311,9 @@ def write_report(path, tables, results, baseline_results, args, label, seconds, 
         f"{args.baseline_train_scenes} train scenes.",
         "",
     ]
+    if "test" in tables:
+        lines += [f"## Against the targets (test split, {args.num_scenes} scenes)", ""]
+        lines += target_lines(tables["test"], label) + [""]
     for split, table in tables.items():
         lines += [f"## {split}", "", format_table(table), ""]
         timing = results[split]["seconds"]
@@ -353,7 +414,7 @@ def main(argv=None):
         baseline_info = (
             f"the same architecture trained for {config.total_steps} steps (batch "
             f"{config.batch_size}, seed {config.seed}, learning rate {config.learning_rate}) on "
-            f"the curriculum's data mixed from the first step ({_format_mixture(curriculum_mixture(config))}), "
+            f"the curriculum's data mixed from the first step ({_format_mixture(curriculum_mixture(config, preset_finetuning_mixture(args.preset)))}), "
             f"language-model loss only; {train_seconds:.0f} s of training. No contrastive heads, "
             "so no retrieval scores."
         )

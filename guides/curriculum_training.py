@@ -22,6 +22,12 @@ gradients of the two halves fight. The usual answer is a **curriculum**:
 3. **`multimodal_finetuning`**: unfreeze everything and train on a mixture of text and
    image-text data.
 
+Freezing the language model in stage 2 (LLaVA's recipe) assumes it already knows the
+words the images should map to. When it has only read other text (our Shakespeare model
+has never seen "sneaker"), `default_curriculum(..., freeze_language_model_in_alignment=False)`
+trains everything in stage 2 (PaliGemma's recipe); `vishwam_tiny_fashion` is trained that
+way (`benchmarks/fashion_training/README.md` has the measurements behind the choice).
+
 `vishwam_keras.main_training_pipeline(train_dataset, config)` runs all of it with one
 call: it builds the model from `config.model`, compiles it with a stage-aware learning
 rate schedule, runs one `fit` per stage (freezing and unfreezing in between), writes

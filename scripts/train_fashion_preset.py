@@ -1,20 +1,26 @@
 """Reproduces `vishwam_keras/presets/vishwam_tiny_fashion` from scratch (2-core CPU).
 
-    python scripts/train_fashion_preset.py [--steps 2000] [--checkpoint-dir DIR]
+    python scripts/train_fashion_preset.py [--steps 5000] [--checkpoint-dir DIR]
 
 Needs Fashion-MNIST (`apt-get install dataset-fashion-mnist`); rerun with the same
-`--checkpoint-dir` to resume after an interruption.
+`--checkpoint-dir` to resume after an interruption. Runs under TensorFlow unless
+`KERAS_BACKEND` says otherwise: on 2 CPU cores its training steps take about 0.25 s
+(23 minutes in all) against about 0.5 s under JAX.
 """
 
 import argparse
+import os
 
-from vishwam_keras.training.pipeline import train_fashion_preset
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+from vishwam_keras.training.pipeline import train_fashion_preset  # noqa: E402 (after the backend)
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--steps", type=int, default=2000)
-    parser.add_argument("--fractions", type=float, nargs=3, default=(0.1, 0.15, 0.75))
+    parser.add_argument("--steps", type=int, default=5000)
+    parser.add_argument("--fractions", type=float, nargs=3, default=(0.05, 0.2, 0.75))
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--loss-weighting", choices=("uncertainty", "fixed"), default="uncertainty")
     parser.add_argument("--output", default=None)
     parser.add_argument("--checkpoint-dir", default="fashion_checkpoints")
     parser.add_argument("--log-dir", default="benchmarks/fashion_training")
@@ -22,5 +28,6 @@ if __name__ == "__main__":
     result, preset = train_fashion_preset(
         output_dir=args.output, total_steps=args.steps, batch_size=args.batch_size,
         checkpoint_dir=args.checkpoint_dir, log_dir=args.log_dir, fractions=tuple(args.fractions),
+        loss_weighting=args.loss_weighting,
     )
     print(f"Saved preset to {preset}; log {result.log_path}; plot {result.plot_path}")

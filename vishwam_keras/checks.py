@@ -23,15 +23,18 @@ def check_int(name, value, minimum=1, allow_none=False):
 
 
 def check_float(name, value, minimum=0.0, strict=False, allow_none=False):
-    """`value` as a finite float >= `minimum` (> when `strict`); strings and bools refused."""
+    """`value` as a finite float >= `minimum` (> when `strict`; no bound when `minimum` is
+    `None`); strings and bools refused."""
     if allow_none and value is None:
         return None
     bad = isinstance(value, bool) or not isinstance(value, numbers.Real)
     if not bad:
-        bad = not math.isfinite(float(value)) or (value <= minimum if strict else value < minimum)
+        bad = not math.isfinite(float(value)) or (
+            minimum is not None and (value <= minimum if strict else value < minimum)
+        )
     if bad:
         relation = ">" if strict else ">="
-        expected = f"a finite float {relation} {minimum}"
+        expected = "a finite float" if minimum is None else f"a finite float {relation} {minimum}"
         if allow_none:
             expected = f"None or {expected}"
         raise ValueError(f"`{name}` must be {expected}. Received: {name}={value!r}")

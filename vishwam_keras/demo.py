@@ -21,15 +21,8 @@ TRAIN_COMMAND = "python -m vishwam_keras demo --train"
 # === The FashionScenes demo ===
 def train_fashion_preset(**kwargs):
     """Train `vishwam_tiny_fashion` through the curriculum (`training.pipeline.train_fashion_preset`)."""
-    try:
-        from vishwam_keras.training.pipeline import train_fashion_preset as train
-    except ImportError as error:
-        raise RuntimeError(
-            "`demo --train` needs `vishwam_keras.training.pipeline.train_fashion_preset`, which "
-            "this version of vishwam_keras does not have yet. Train with "
-            "`vishwam_keras.training.pipeline.main_training_pipeline` and save the model with "
-            f"`model.save_to_preset('vishwam_keras/presets/{FASHION_PRESET}')`."
-        ) from error
+    from vishwam_keras.training.pipeline import train_fashion_preset as train
+
     return train(**kwargs)
 
 

@@ -100,6 +100,19 @@ def test_default_curriculum():
         default_curriculum(2)
 
 
+def test_default_curriculum_can_train_the_language_model_during_alignment():
+    model = _toy_lm(with_vision=True)
+    stages = default_curriculum(100, freeze_language_model_in_alignment=False)
+    assert stages[1].trainable == "all" and not stages[1].frozen
+    plan = apply_stage(model, stages[1])
+    paths = {v.path for v in plan["trainable_variables"]}
+    assert paths == {v.path for v in model.weights}
+    assert {"decoder_block_0/mlp/kernel", "vision_encoder/kernel"} <= paths
+    # The default (LLaVA-style) stage trains the vision side only.
+    frozen_lm = apply_stage(model, default_curriculum(100)[1])
+    assert "decoder_block_0/mlp/kernel" not in {v.path for v in frozen_lm["trainable_variables"]}
+
+
 # === Freezing by patterns ===
 def test_patterns_apply_at_depth_and_the_deepest_match_wins():
     model = _toy_lm(with_vision=True)

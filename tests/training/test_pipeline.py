@@ -156,3 +156,22 @@ def test_mixed_precision_with_remat_trains_like_without_remat():
         losses[len(losses)] = result.history.history["loss"][-1]
     assert np.all(np.isfinite(list(losses.values())))
     np.testing.assert_allclose(losses[1], losses[0], rtol=2e-2)
+
+
+def test_contrastive_bias_starts_at_the_batch_log_odds_and_survives_a_save(tmp_path):
+    from vishwam_keras import config as config_lib
+    from vishwam_keras.training.pipeline import build_model
+
+    config = AdvancedTrainingConfig(model=config_lib.FASHION_TINY_CONFIG, batch_size=16, sequence_length=16)
+    assert config.initial_contrastive_bias() == pytest.approx(-np.log(15.0))
+    assert dataclasses.replace(config, contrastive_initial_bias=-10.0).initial_contrastive_bias() == -10.0
+    model = build_model(config)
+    head = model.contrastive_alignment.head
+    assert float(keras.ops.convert_to_numpy(head.bias)) == pytest.approx(-np.log(15.0))
+    assert model.get_config()["contrastive_initial_bias"] == pytest.approx(-np.log(15.0))
+    # SigLIP's -10 stays the default of the model class itself.
+    plain = VishwamCausalLM(model.backbone)
+    assert float(keras.ops.convert_to_numpy(plain.contrastive_alignment.head.bias)) == -10.0
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    assert keras.saving.load_model(path).contrastive_initial_bias == pytest.approx(-np.log(15.0))

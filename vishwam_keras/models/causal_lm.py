@@ -10,6 +10,7 @@ import numpy as np
 from keras import ops
 from keras_hub.models import CausalLM
 
+from vishwam_keras.checks import check_float
 from vishwam_keras.layers import kv_cache
 from vishwam_keras.models.backbone import VishwamBackbone
 from vishwam_keras.models.preprocessor import VishwamCausalLMPreprocessor
@@ -82,6 +83,13 @@ class VishwamCausalLM(NamedPresetMixin, CausalLM):
     Args:
         backbone: `VishwamBackbone`.
         preprocessor: `None` or `VishwamCausalLMPreprocessor`.
+        use_contrastive_loss: bool. For a backbone with vision, add the sigmoid contrastive
+            (SigLIP) loss between pooled images and texts in training. Defaults to `True`.
+        loss_weighting: `"uncertainty"` or `"fixed"` (see `MultimodalLoss`).
+        contrastive_initial_bias: float. The SigLIP bias's starting value. SigLIP's `-10`
+            (the default) is about `-log(batch_size - 1)` at its batch of 32k, the log odds
+            of a matching pair; small batches learn faster starting from their own value
+            (`-2.7` at batch 16).
 
     Example:
     >>> backbone = VishwamBackbone(vocabulary_size=100, num_layers=2, num_query_heads=4,
@@ -103,8 +111,12 @@ class VishwamCausalLM(NamedPresetMixin, CausalLM):
         preprocessor=None,
         use_contrastive_loss=True,
         loss_weighting="uncertainty",
+        contrastive_initial_bias=-10.0,
         **kwargs,
     ):
+        contrastive_initial_bias = check_float(
+            "contrastive_initial_bias", contrastive_initial_bias, minimum=None
+        )
         # === Layers ===
         self.backbone = backbone
         self.preprocessor = preprocessor
@@ -115,7 +127,7 @@ class VishwamCausalLM(NamedPresetMixin, CausalLM):
             image_token_ids = [backbone.image_token_id, *IMAGE_MARKER_TOKEN_IDS]
             self.contrastive_alignment = ContrastiveAlignment(
                 backbone.hidden_dim, image_token_ids, text_encoder=self._encode_text_only,
-                name="contrastive_alignment",
+                initial_bias=contrastive_initial_bias, name="contrastive_alignment",
             )
             self.multimodal_loss = MultimodalLoss(weighting=loss_weighting, name="multimodal_loss")
             self.multimodal_loss.build()
@@ -135,6 +147,7 @@ class VishwamCausalLM(NamedPresetMixin, CausalLM):
         super().__init__(inputs=inputs, outputs=logits, **kwargs)
         self.use_contrastive_loss = use_contrastive_loss
         self.loss_weighting = loss_weighting
+        self.contrastive_initial_bias = contrastive_initial_bias
         self._generate_functions = {}
 
     def _encode_text_only(self, token_ids, padding_mask):
@@ -180,7 +193,11 @@ class VishwamCausalLM(NamedPresetMixin, CausalLM):
     def get_config(self):
         config = super().get_config()
         config.update(
-            {"use_contrastive_loss": self.use_contrastive_loss, "loss_weighting": self.loss_weighting}
+            {
+                "use_contrastive_loss": self.use_contrastive_loss,
+                "loss_weighting": self.loss_weighting,
+                "contrastive_initial_bias": self.contrastive_initial_bias,
+            }
         )
         return config
 

@@ -149,19 +149,26 @@ class CurriculumStage:
         return dataclasses.asdict(self)
 
 
-def default_curriculum(total_steps, fractions=(0.6, 0.2, 0.2), learning_rates=(None, None, None)):
+def default_curriculum(
+    total_steps, fractions=(0.6, 0.2, 0.2), learning_rates=(None, None, None),
+    freeze_language_model_in_alignment=True,
+):
     """The three-stage multimodal curriculum.
 
     1. `text_pretraining` (text): the language model trains; vision encoder, projector,
        fusion / cross-attention and the contrastive head are frozen.
-    2. `vision_alignment` (text + vision): the language model is frozen; the vision encoder,
-       projector, fusion / cross-attention and the contrastive head (and loss weighting) train.
+    2. `vision_alignment` (text + vision): the vision encoder, projector, fusion /
+       cross-attention and the contrastive head (and loss weighting) train; the language
+       model is frozen (LLaVA's first stage) unless `freeze_language_model_in_alignment`
+       is `False` (PaliGemma's first stage, for a language model that has not yet seen
+       the stage's words).
     3. `multimodal_finetuning` (text + vision): everything trains.
 
     Args:
         total_steps: int >= 3. Split by `fractions`; the last stage takes the remainder.
         fractions: three positive floats. Defaults to `(0.6, 0.2, 0.2)`.
         learning_rates: three `None` or floats, the stages' peak learning rates.
+        freeze_language_model_in_alignment: bool. Defaults to `True`.
 
     Returns:
         A list of three `CurriculumStage`s.
@@ -195,8 +202,8 @@ def default_curriculum(total_steps, fractions=(0.6, 0.2, 0.2), learning_rates=(N
             "vision_alignment",
             second,
             modalities=["text", "vision"],
-            trainable=vision_and_heads,
-            frozen=list(LANGUAGE_MODEL_PATTERNS),
+            trainable=vision_and_heads if freeze_language_model_in_alignment else "all",
+            frozen=list(LANGUAGE_MODEL_PATTERNS) if freeze_language_model_in_alignment else None,
             data_mixture={"image_text": 1.0},
             learning_rate=learning_rates[1],
         ),

@@ -1,0 +1,38 @@
+"""benchmarks/quality.py's bookkeeping: the verdicts against the targets and the baseline's
+data mixture (the scores themselves come from `vishwam_keras.evaluation`, tested there)."""
+
+import pytest
+
+from benchmarks import quality
+from vishwam_keras.training.curriculum import default_curriculum
+from vishwam_keras.training.pipeline import AdvancedTrainingConfig
+
+
+def _table(model_vqa, baseline_vqa):
+    metrics = lambda vqa, r10, bleu: {"VQA accuracy": vqa, "image->text R@10": r10, "caption BLEU-4": bleu}
+    return {
+        "chance": metrics(0.176, 0.052, 0.25),
+        quality.BASELINE_LABEL: metrics(baseline_vqa, None, 0.70),
+        "ours": metrics(model_vqa, 0.95, 0.55),
+    }
+
+
+def test_target_verdicts_say_what_is_met_and_by_how_much_the_rest_is_missed():
+    lines = "\n".join(quality.target_lines(_table(0.6, 0.5), "ours"))
+    assert "| VQA accuracy >= 80% | 60.0% (chance 17.6) | missed by 20.0 points |" in lines
+    assert "| image->text R@10 >= 90% | 95.0% (chance 5.2) | met |" in lines
+    assert "| caption BLEU-4 >= 0.6 | 0.550 | missed by 5.0 points |" in lines
+    # Ahead on VQA, behind on BLEU; the baseline has no retrieval to compare.
+    assert "ahead on VQA accuracy (the baseline has no image->text R@10 to compare)" in lines
+    behind = "\n".join(quality.target_lines(_table(0.4, 0.5), "ours"))
+    assert "missed: the baseline is ahead" in behind
+
+
+def test_baseline_mixture_weights_each_source_by_the_steps_that_read_it():
+    config = AdvancedTrainingConfig(
+        curriculum_stages=default_curriculum(1000, fractions=(0.1, 0.2, 0.7)), total_steps=1000
+    )
+    mixture = quality.curriculum_mixture(config, {"caption": 0.4, "vqa": 0.6})
+    assert mixture == pytest.approx({"text": 0.1, "caption": 0.2 + 0.7 * 0.4, "vqa": 0.7 * 0.6})
+    default = quality.curriculum_mixture(config)  # the pipelines' DEFAULT_MIXTURE, 0.3 / 0.7
+    assert default == pytest.approx({"text": 0.1, "caption": 0.2 + 0.7 * 0.3, "vqa": 0.7 * 0.7})
