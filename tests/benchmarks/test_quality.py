@@ -36,3 +36,14 @@ def test_baseline_mixture_weights_each_source_by_the_steps_that_read_it():
     assert mixture == pytest.approx({"text": 0.1, "caption": 0.2 + 0.7 * 0.4, "vqa": 0.7 * 0.6})
     default = quality.curriculum_mixture(config)  # the pipelines' DEFAULT_MIXTURE, 0.3 / 0.7
     assert default == pytest.approx({"text": 0.1, "caption": 0.2 + 0.7 * 0.3, "vqa": 0.7 * 0.7})
+
+
+def test_a_preset_without_metadata_gets_the_training_scripts_own_defaults(tmp_path):
+    from vishwam_keras.training.pipeline import FASHION_MIXTURE
+
+    training = quality.preset_training_record(str(tmp_path))
+    assert quality.preset_finetuning_mixture(training) == FASHION_MIXTURE
+    stages = quality.preset_training_settings(training)["curriculum_stages"]
+    assert stages[1].trainable == "all"  # the script trains the language model in alignment
+    # A record saved before the mixture was written means the pipelines' default.
+    assert quality.preset_finetuning_mixture({"total_steps": 10}) == {"caption": 0.3, "vqa": 0.7}
