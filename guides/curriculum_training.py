@@ -157,6 +157,25 @@ parts = weighting({"language_modeling": 2.0, "contrastive": 1.0})
 print("uncertainty-weighted total at initialisation:", float(parts["loss"]))
 
 """
+A stage can lean on one loss or switch it off with `loss_scales`, a factor on that loss's
+whole term (`{"contrastive": 0.0}` drops it, `{"contrastive": 10.0}` multiplies it by ten;
+the learned weights keep their meaning). The uncertainty weights settle at `1 / L_i`, so a
+contrastive loss stuck near its chance value (~3.7 at batch 16) ends up with a tenth of
+the weight of a language-model loss of 0.3; during alignment, where every pair is a
+caption and its image, we scale it up. `CurriculumCallback` applies each stage's factors
+when it enters the stage.
+"""
+
+weighting.set_loss_scales({"contrastive": 10.0})
+parts = weighting({"language_modeling": 2.0, "contrastive": 1.0})
+print("with the contrastive term scaled by 10:", float(parts["loss"]))
+weighting.set_loss_scales(None)
+stages[1] = vishwam_keras.CurriculumStage.from_dict(
+    {**stages[1].to_dict(), "loss_scales": {"contrastive": 10.0}}
+)
+print(f"  {stages[1].name}: loss_scales {stages[1].loss_scales}")
+
+"""
 ## Schedules
 
 Each stage restarts the learning rate: a linear warm-up, then a cosine decay to the end

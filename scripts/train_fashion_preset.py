@@ -21,6 +21,8 @@ if __name__ == "__main__":
     parser.add_argument("--fractions", type=float, nargs=3, default=(0.05, 0.2, 0.75))
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--loss-weighting", choices=("uncertainty", "fixed"), default="uncertainty")
+    parser.add_argument("--alignment-contrastive-scale", type=float, default=10.0,
+                        help="factor on the SigLIP term in the alignment stage (1: none)")
     parser.add_argument("--output", default=None)
     parser.add_argument("--checkpoint-dir", default="fashion_checkpoints")
     parser.add_argument("--log-dir", default="benchmarks/fashion_training")
@@ -28,6 +30,6 @@ if __name__ == "__main__":
     result, preset = train_fashion_preset(
         output_dir=args.output, total_steps=args.steps, batch_size=args.batch_size,
         checkpoint_dir=args.checkpoint_dir, log_dir=args.log_dir, fractions=tuple(args.fractions),
-        loss_weighting=args.loss_weighting,
+        loss_weighting=args.loss_weighting, alignment_contrastive_scale=args.alignment_contrastive_scale,
     )
     print(f"Saved preset to {preset}; log {result.log_path}; plot {result.plot_path}")

@@ -481,6 +481,8 @@ CASES = [
     R("stage_frozen_string", lambda c: _stage(frozen="vision*"), V, "frozen"),
     R("stage_negative_mixture", lambda c: _stage(data_mixture={"text": -1.0}), V, "data_mixture"),
     R("stage_negative_learning_rate", lambda c: _stage(learning_rate=-1e-3), V, "learning_rate"),
+    R("stage_negative_loss_scale", lambda c: _stage(loss_scales={"contrastive": -1.0}), V, "loss_scales"),
+    R("stage_nan_loss_scale", lambda c: _stage(loss_scales={"contrastive": float("nan")}), V, "loss_scales"),
     R("stage_unknown_field",
       lambda c: __import__("vishwam_keras").CurriculumStage.from_dict({"name": "a", "steps": 1, "epochs": 2}),
       V, "epochs"),

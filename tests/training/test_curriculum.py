@@ -79,6 +79,9 @@ def test_stage_validation_names_the_argument():
         CurriculumStage("a", 10, data_mixture={"text": -1.0})
     with pytest.raises(ValueError, match="learning_rate"):
         CurriculumStage("a", 10, learning_rate=0.0)
+    for scales in ({"contrastive": -1.0}, {"contrastive": float("nan")}, {"contrastive": True}, [0.5]):
+        with pytest.raises(ValueError, match="loss_scales"):
+            CurriculumStage("a", 10, loss_scales=scales)
     with pytest.raises(ValueError, match="Unknown stage fields"):
         CurriculumStage.from_dict({"name": "a", "steps": 3, "epochs": 2})
     stage = CurriculumStage.from_dict({"name": "a", "steps": 3, "modalities": "vision", "frozen": ("x*",)})
@@ -143,6 +146,8 @@ def test_check_curriculum_rejects_stages_that_cannot_run():
         check_curriculum(model, [CurriculumStage("a", 5, trainable=["vision_encoder*"])])
     with pytest.raises(ValueError, match="no vision"):
         check_curriculum(model, default_curriculum(30))
+    with pytest.raises(ValueError, match="no `multimodal_loss`"):
+        check_curriculum(model, [CurriculumStage("a", 5, loss_scales={"contrastive": 0.0})])
 
 
 # === CurriculumCallback inside one fit ===

@@ -166,6 +166,32 @@ def test_weighting_bad_arguments_raise():
         MultimodalLoss()({"captioning": 1.0})
 
 
+def test_loss_scales_multiply_whole_terms_and_zero_drops_one():
+    weighting = MultimodalLoss(name="multimodal_loss")
+    weighting.build()
+    s = np.array([0.3, -0.7], "float32")
+    weighting.log_variances.assign(s)
+    lm, contrastive = np.exp(-s[0]) * 2.5 + s[0], np.exp(-s[1]) * 0.8 + s[1]
+    weighting.set_loss_scales({"contrastive": 4.0})
+    parts = weighting({"language_modeling": 2.5, "contrastive": 0.8})
+    np.testing.assert_allclose(_np(parts["loss"]), lm + 4.0 * contrastive, rtol=1e-6)
+    weighting.set_loss_scales({"contrastive": 0.0})
+    parts = weighting({"language_modeling": 2.5, "contrastive": 0.8})
+    np.testing.assert_allclose(_np(parts["loss"]), lm, rtol=1e-6)
+    np.testing.assert_allclose(_np(parts["contrastive_loss"]), 0.8)  # still reported
+    weighting.set_loss_scales(None)
+    np.testing.assert_allclose(
+        _np(weighting({"language_modeling": 2.5, "contrastive": 0.8})["loss"]), lm + contrastive, rtol=1e-6
+    )
+    fixed = MultimodalLoss(weighting="fixed", loss_weights={"contrastive": 0.25}, name="multimodal_loss")
+    fixed.set_loss_scales({"language_modeling": 2.0})
+    np.testing.assert_allclose(_np(fixed({"language_modeling": 2.0, "contrastive": 4.0})["loss"]), 5.0)
+    for scales, match in (({"vqa": 1.0}, "outside"), ({"contrastive": -1.0}, "finite"),
+                          ({"contrastive": float("inf")}, "finite"), ([1.0], "dict")):
+        with pytest.raises(ValueError, match=match):
+            weighting.set_loss_scales(scales)
+
+
 # === compute_multimodal_loss ===
 def test_text_only_reduces_to_language_model_loss():
     y = np.random.randint(0, 9, (2, 5))
@@ -228,3 +254,31 @@ def test_mixin_trains_heads_and_reports_parts_in_fit_logs():
     assert history.history["loss"][-1] < history.history["loss"][0]
     assert float(_np(model.contrastive_head.bias)) != -10.0
     assert np.any(_np(model.multimodal_loss.log_variances) != 0.0)
+
+
+def test_curriculum_stage_loss_scales_switch_the_contrastive_term_off_and_on():
+    from vishwam_keras.training.curriculum import CurriculumCallback, CurriculumStage
+
+    model = _two_tower()
+    model.compile(optimizer=keras.optimizers.Adam(0.05))
+    token_ids = np.random.randint(0, 12, (8, 6)).astype("int32")
+    x = {"token_ids": token_ids, "images": np.random.randn(8, 5).astype("float32")}
+    y = np.roll(token_ids, -1, axis=1)
+
+    def contrastive_only():  # weights that only the contrastive term moves
+        return [_np(v).copy() for v in model.contrastive_head.weights + model.get_layer("vision_encoder").weights]
+
+    stages = [
+        CurriculumStage("language_only", 3, loss_scales={"contrastive": 0.0}),
+        CurriculumStage("both", 3),
+    ]
+    callback = CurriculumCallback(stages, stop_at_end=True, verbose=0)
+    before = contrastive_only()
+    model.fit(x, y, batch_size=8, epochs=3, callbacks=[callback], verbose=0)
+    assert callback.stage_index == 0
+    for a, b in zip(before, contrastive_only()):
+        np.testing.assert_array_equal(a, b)
+    assert float(_np(model.multimodal_loss.log_variances)[1]) == 0.0
+    model.fit(x, y, batch_size=8, epochs=6, initial_epoch=3, callbacks=[callback], verbose=0)
+    assert callback.stage_index == 1 and model.multimodal_loss.loss_scales["contrastive"] == 1.0
+    assert any(not np.array_equal(a, b) for a, b in zip(before, contrastive_only()))

@@ -16,6 +16,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from vishwam_keras.training.losses import MULTIMODAL_LOSS_ATTRIBUTE
 from vishwam_keras.training.schedules import AdaptiveLearningRateSchedule, find_schedule
 
 MODALITIES = ("text", "vision")
@@ -27,7 +28,10 @@ VISION_PATTERNS = ("vision_encoder*", "vision_projector*", "fusion*", "*cross_at
 VISION_ENCODER_PATTERNS = ("vision_encoder*", "vision_projector*")
 CONTRASTIVE_PATTERNS = ("contrastive*", "multimodal_loss*")
 
-_STAGE_FIELDS = ("name", "steps", "modalities", "trainable", "frozen", "data_mixture", "learning_rate")
+_STAGE_FIELDS = (
+    "name", "steps", "modalities", "trainable", "frozen", "data_mixture", "learning_rate",
+    "loss_scales",
+)
 
 
 def _check_patterns(stage_name, field, value):
@@ -68,6 +72,11 @@ class CurriculumStage:
         learning_rate: `None` or float. The stage's peak learning rate (see
             `AdaptiveLearningRateSchedule.from_stages`; a constant learning rate is set to it
             at the stage's start). Defaults to `None`.
+        loss_scales: `None` or dict `{loss name: float >= 0}` multiplying each term of the
+            model's `MultimodalLoss` in this stage (`"language_modeling"`, `"contrastive"`;
+            names left out keep 1): `{"contrastive": 0.0}` trains without the SigLIP loss,
+            `{"contrastive": 4.0}` leans on it. Needs a model with a `multimodal_loss`.
+            Defaults to `None` (every factor 1).
 
     Example:
     >>> stage = CurriculumStage("text_pretraining", steps=1000, frozen=["vision_encoder*"])
@@ -82,6 +91,7 @@ class CurriculumStage:
     frozen: Optional[List[str]] = None
     data_mixture: Optional[Dict[str, float]] = None
     learning_rate: Optional[float] = None
+    loss_scales: Optional[Dict[str, float]] = None
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name:
@@ -125,6 +135,21 @@ class CurriculumStage:
                     f"Received: learning_rate={rate!r}"
                 )
             self.learning_rate = float(rate)
+        if self.loss_scales is not None:
+            scales = self.loss_scales
+            if not isinstance(scales, dict) or not all(
+                isinstance(k, str)
+                and not isinstance(v, bool)
+                and isinstance(v, numbers.Real)
+                and math.isfinite(v)
+                and v >= 0
+                for k, v in scales.items()
+            ):
+                raise ValueError(
+                    f"Stage {self.name!r}: `loss_scales` must be None or map loss names to "
+                    f"finite floats >= 0. Received: loss_scales={scales!r}"
+                )
+            self.loss_scales = {k: float(v) for k, v in scales.items()}
 
     @classmethod
     def from_dict(cls, config):
@@ -440,6 +465,21 @@ def check_curriculum(model, stages):
                 f"layers (no layer matches {list(VISION_ENCODER_PATTERNS)}). Use a multimodal model, or "
                 "drop the stage / its 'vision' modality."
             )
+        if stage.loss_scales:
+            weighting = getattr(model, MULTIMODAL_LOSS_ATTRIBUTE, None)
+            if weighting is None:
+                raise ValueError(
+                    f"Stage {stage.name!r} sets loss_scales={stage.loss_scales!r} but the model "
+                    f"has no `{MULTIMODAL_LOSS_ATTRIBUTE}` to scale (a text-only model, or "
+                    "use_contrastive_loss=False). Drop the stage's `loss_scales`."
+                )
+            unknown = sorted(set(stage.loss_scales) - set(weighting.loss_names))
+            if unknown:
+                raise ValueError(
+                    f"Stage {stage.name!r}: `loss_scales` names {unknown} are not among the "
+                    f"model's losses {list(weighting.loss_names)}. Received: "
+                    f"loss_scales={stage.loss_scales!r}"
+                )
         plan = plan_stage(model, stage)
         if not plan["trainable_variables"]:
             raise ValueError(
@@ -554,6 +594,11 @@ class CurriculumCallback(keras.callbacks.Callback):
         stage = self.stages[index]
         plan = apply_stage(model, stage)
         extra = []
+        weighting = getattr(model, MULTIMODAL_LOSS_ATTRIBUTE, None)
+        if weighting is not None:
+            weighting.set_loss_scales(stage.loss_scales)
+            if stage.loss_scales:
+                extra.append(f"loss terms scaled by {stage.loss_scales}")
         if getattr(model, "optimizer", None) is not None:
             if rebuild_optimizer(model):
                 extra.append("optimizer re-created for the new trainable set (slots reset)")

@@ -4,6 +4,7 @@
 """
 
 import math
+import numbers
 
 import keras
 from keras import ops
@@ -236,6 +237,31 @@ class SigmoidContrastiveLoss(keras.layers.Layer):
 
 
 # === Combining the losses ===
+def _check_loss_factors(argument, factors, loss_names):
+    """`factors` (`None` or dict `{loss name: finite float >= 0}`) as a dict of floats."""
+    factors = {} if factors is None else factors
+    if not isinstance(factors, dict):
+        raise ValueError(
+            f"`{argument}` must be None or a dict {{name: float >= 0}} over {loss_names}. "
+            f"Received: {argument}={factors!r}"
+        )
+    unknown = sorted(set(factors) - set(loss_names))
+    if unknown:
+        raise ValueError(
+            f"`{argument}` has names outside loss_names={loss_names}: {unknown}. "
+            f"Received: {argument}={factors!r}"
+        )
+    for name, value in factors.items():
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (
+            math.isfinite(value) and value >= 0
+        ):
+            raise ValueError(
+                f"`{argument}` must map names to finite floats >= 0. Received: "
+                f"{argument}[{name!r}]={value!r}"
+            )
+    return {name: float(value) for name, value in factors.items()}
+
+
 @keras.saving.register_keras_serializable(package="vishwam_keras")
 class MultimodalLoss(keras.layers.Layer):
     """Weights and sums named losses; tracks each part as a metric for the fit logs.
@@ -292,30 +318,36 @@ class MultimodalLoss(keras.layers.Layer):
             raise ValueError(
                 f"`weighting` must be one of {list(WEIGHTINGS)}. Received: weighting={weighting!r}"
             )
-        loss_weights = dict(loss_weights or {})
-        unknown = sorted(set(loss_weights) - set(loss_names))
-        if unknown:
-            raise ValueError(
-                f"`loss_weights` has names outside loss_names={loss_names}: {unknown}. "
-                f"Received: loss_weights={loss_weights!r}"
-            )
+        loss_weights = _check_loss_factors("loss_weights", loss_weights, loss_names)
         if loss_weights and weighting != "fixed":
             raise ValueError(
                 "`loss_weights` only applies to weighting='fixed'. Received: "
                 f"weighting={weighting!r}, loss_weights={loss_weights!r}"
             )
-        for name, value in loss_weights.items():
-            if not isinstance(value, (int, float)) or value < 0:
-                raise ValueError(
-                    f"`loss_weights` must map names to non-negative floats. Received: "
-                    f"loss_weights[{name!r}]={value!r}"
-                )
         self.loss_names = loss_names
         self.weighting = weighting
         self.loss_weights = {name: float(loss_weights.get(name, 1.0)) for name in loss_names}
+        self.loss_scales = {name: 1.0 for name in loss_names}
         self.loss_trackers = {
             name: keras.metrics.Mean(name=f"{name}_loss") for name in loss_names
         }
+
+    def set_loss_scales(self, loss_scales=None):
+        """Multiply each loss's whole term by a factor (`None` resets every factor to 1).
+
+        A curriculum stage's `loss_scales` (see `CurriculumStage`): `{"contrastive": 0.0}`
+        drops the contrastive term, `{"contrastive": 4.0}` makes it count four times as much
+        as the weighting alone would. With uncertainty weighting the factor multiplies
+        `exp(-s_i) * L_i + s_i`, so the learned weights keep their meaning. Factors are
+        read when the train function is traced; `CurriculumCallback` rebuilds it at every
+        stage change.
+
+        Args:
+            loss_scales: `None` or dict `{name: float >= 0}` over `loss_names`; names left
+                out keep the factor 1.
+        """
+        loss_scales = _check_loss_factors("loss_scales", loss_scales, self.loss_names)
+        self.loss_scales = {name: float(loss_scales.get(name, 1.0)) for name in self.loss_names}
 
     def build(self, input_shape=None):
         if self.weighting == "uncertainty":
@@ -362,15 +394,18 @@ class MultimodalLoss(keras.layers.Layer):
         if len(present) == 1:
             outputs["loss"] = values[present[0][1]]
             return outputs
-        total = 0.0
+        total = ops.zeros((), "float32")
         for index, name in present:
+            scale = self.loss_scales[name]
             if self.weighting == "uncertainty":
                 log_variance = self.log_variances[index]
                 weight = ops.exp(-log_variance)
-                total = total + weight * values[name] + log_variance
                 outputs[f"{name}_weight"] = weight
+                term = weight * values[name] + log_variance
             else:
-                total = total + self.loss_weights[name] * values[name]
+                term = self.loss_weights[name] * values[name]
+            if scale != 0.0:
+                total = total + (term if scale == 1.0 else scale * term)
         outputs["loss"] = total
         return outputs
 
