@@ -183,6 +183,9 @@ def test_loss_scales_multiply_whole_terms_and_zero_drops_one():
     np.testing.assert_allclose(
         _np(weighting({"language_modeling": 2.5, "contrastive": 0.8})["loss"]), lm + contrastive, rtol=1e-6
     )
+    weighting.set_loss_scales({"language_modeling": 0.5})  # a text-only batch: one loss present
+    np.testing.assert_allclose(_np(weighting({"language_modeling": 2.5, "contrastive": None})["loss"]), 1.25)
+    weighting.set_loss_scales(None)
     fixed = MultimodalLoss(weighting="fixed", loss_weights={"contrastive": 0.25}, name="multimodal_loss")
     fixed.set_loss_scales({"language_modeling": 2.0})
     np.testing.assert_allclose(_np(fixed({"language_modeling": 2.0, "contrastive": 4.0})["loss"]), 5.0)
@@ -282,3 +285,28 @@ def test_curriculum_stage_loss_scales_switch_the_contrastive_term_off_and_on():
     model.fit(x, y, batch_size=8, epochs=6, initial_epoch=3, callbacks=[callback], verbose=0)
     assert callback.stage_index == 1 and model.multimodal_loss.loss_scales["contrastive"] == 1.0
     assert any(not np.array_equal(a, b) for a, b in zip(before, contrastive_only()))
+
+
+def test_check_curriculum_refuses_loss_scales_the_model_cannot_apply():
+    from vishwam_keras.training.curriculum import CurriculumStage, check_curriculum
+
+    model = _two_tower()
+    with pytest.raises(ValueError, match="outside loss_names"):
+        check_curriculum(model, [CurriculumStage("a", 3, loss_scales={"vqa": 1.0})])
+    with pytest.raises(ValueError, match="every loss term to zero"):
+        check_curriculum(model, [CurriculumStage("a", 3, loss_scales={"contrastive": 0.0, "language_modeling": 0.0})])
+    check_curriculum(model, [CurriculumStage("a", 3, loss_scales={"contrastive": 0.0})])
+
+
+def test_text_only_batches_of_a_causal_lm_take_the_stage_factor():
+    from conftest import tiny_vision_backbone
+    from vishwam_keras import VishwamCausalLM
+
+    model = VishwamCausalLM(tiny_vision_backbone())
+    token_ids = np.random.randint(8, 90, (2, 6)).astype("int32")
+    x = {"token_ids": token_ids, "padding_mask": np.ones((2, 6), bool)}
+    logits = model(x)
+    y = np.roll(token_ids, -1, axis=1)
+    plain = _np(model.compute_loss(x, y, logits))
+    model.multimodal_loss.set_loss_scales({"language_modeling": 0.25})
+    np.testing.assert_allclose(_np(model.compute_loss(x, y, logits)), 0.25 * plain, rtol=1e-6)

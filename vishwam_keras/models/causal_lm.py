@@ -181,10 +181,10 @@ class VishwamCausalLM(NamedPresetMixin, CausalLM):
             return super().compute_loss(x, y, y_pred, sample_weight, training)
         lm_loss = language_model_loss(y, y_pred, sample_weight)
         extra = self.losses
-        if not extra:
-            parts = {f"{LANGUAGE_MODELING}_loss": lm_loss, "loss": lm_loss}
+        if not extra:  # a text-only batch; a stage's factor on the LM term still applies
+            parts = self.multimodal_loss({LANGUAGE_MODELING: lm_loss})
             self.multimodal_loss.update_metrics(parts)
-            return lm_loss
+            return parts["loss"]
         contrastive = ops.cast(ops.sum(ops.stack([ops.cast(l, "float32") for l in extra])), "float32")
         parts = self.multimodal_loss({LANGUAGE_MODELING: lm_loss, CONTRASTIVE: contrastive})
         self.multimodal_loss.update_metrics(parts)

@@ -16,7 +16,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from vishwam_keras.training.losses import MULTIMODAL_LOSS_ATTRIBUTE
+from vishwam_keras.training.losses import MULTIMODAL_LOSS_ATTRIBUTE, _check_loss_factors
 from vishwam_keras.training.schedules import AdaptiveLearningRateSchedule, find_schedule
 
 MODALITIES = ("text", "vision")
@@ -136,20 +136,10 @@ class CurriculumStage:
                 )
             self.learning_rate = float(rate)
         if self.loss_scales is not None:
-            scales = self.loss_scales
-            if not isinstance(scales, dict) or not all(
-                isinstance(k, str)
-                and not isinstance(v, bool)
-                and isinstance(v, numbers.Real)
-                and math.isfinite(v)
-                and v >= 0
-                for k, v in scales.items()
-            ):
-                raise ValueError(
-                    f"Stage {self.name!r}: `loss_scales` must be None or map loss names to "
-                    f"finite floats >= 0. Received: loss_scales={scales!r}"
-                )
-            self.loss_scales = {k: float(v) for k, v in scales.items()}
+            try:  # loss names are checked against the model by `check_curriculum`
+                self.loss_scales = _check_loss_factors("loss_scales", self.loss_scales)
+            except ValueError as error:
+                raise ValueError(f"Stage {self.name!r}: {error}") from None
 
     @classmethod
     def from_dict(cls, config):
@@ -449,9 +439,10 @@ def _describe(index, stages, step, plan, model, extra):
 def check_curriculum(model, stages):
     """Raise a ValueError before training if a stage cannot run on `model`.
 
-    A stage must leave at least one variable trainable, and a stage with the `"vision"`
-    modality needs a model with vision layers (a layer matching `VISION_ENCODER_PATTERNS`).
-    Returns the plans, one per stage.
+    A stage must leave at least one variable trainable, a stage with the `"vision"`
+    modality needs a model with vision layers (a layer matching `VISION_ENCODER_PATTERNS`),
+    and a stage's `loss_scales` need a model with a `multimodal_loss`, name its losses and
+    keep one factor above zero. Returns the plans, one per stage.
     """
     stages = as_stages(stages)
     has_vision = any(
@@ -473,12 +464,14 @@ def check_curriculum(model, stages):
                     f"has no `{MULTIMODAL_LOSS_ATTRIBUTE}` to scale (a text-only model, or "
                     "use_contrastive_loss=False). Drop the stage's `loss_scales`."
                 )
-            unknown = sorted(set(stage.loss_scales) - set(weighting.loss_names))
-            if unknown:
+            try:
+                _check_loss_factors("loss_scales", stage.loss_scales, weighting.loss_names)
+            except ValueError as error:
+                raise ValueError(f"Stage {stage.name!r}: {error}") from None
+            if not any(stage.loss_scales.get(name, 1.0) > 0 for name in weighting.loss_names):
                 raise ValueError(
-                    f"Stage {stage.name!r}: `loss_scales` names {unknown} are not among the "
-                    f"model's losses {list(weighting.loss_names)}. Received: "
-                    f"loss_scales={stage.loss_scales!r}"
+                    f"Stage {stage.name!r}: loss_scales={stage.loss_scales!r} sets every loss "
+                    "term to zero, so the stage would train nothing. Keep one factor above 0."
                 )
         plan = plan_stage(model, stage)
         if not plan["trainable_variables"]:
@@ -498,7 +491,8 @@ class CurriculumCallback(keras.callbacks.Callback):
     continues in the right stage (after the last stage, the last stage stays active unless
     `stop_at_end=True`). At a stage start the callback:
 
-    1. sets `layer.trainable` by the stage's patterns (`apply_stage`);
+    1. sets `layer.trainable` by the stage's patterns (`apply_stage`) and the factors of
+       the model's `MultimodalLoss` by the stage's `loss_scales` (1 where not given);
     2. re-creates the optimizer for the new trainable set when it changed (`rebuild_optimizer`:
        same hyper-parameters and schedule, step counter kept, slots reset) - required on JAX,
        whose compiled step passes exactly the trainable variables to the optimizer;
@@ -624,6 +618,7 @@ class CurriculumCallback(keras.callbacks.Callback):
                 "trainable_parameters": _num_parameters(plan["trainable_variables"]),
                 "frozen_layers": [path for path, _, value in plan["decisions"] if not value],
                 "data_mixture": stage.data_mixture,
+                "loss_scales": stage.loss_scales,
                 "unmatched_patterns": plan["unmatched"],
             }
         )

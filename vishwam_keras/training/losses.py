@@ -237,15 +237,19 @@ class SigmoidContrastiveLoss(keras.layers.Layer):
 
 
 # === Combining the losses ===
-def _check_loss_factors(argument, factors, loss_names):
-    """`factors` (`None` or dict `{loss name: finite float >= 0}`) as a dict of floats."""
+def _check_loss_factors(argument, factors, loss_names=None):
+    """`factors` (`None` or dict `{loss name: finite float >= 0}`) as a dict of floats.
+
+    With `loss_names`, names outside it are refused too."""
     factors = {} if factors is None else factors
     if not isinstance(factors, dict):
         raise ValueError(
-            f"`{argument}` must be None or a dict {{name: float >= 0}} over {loss_names}. "
+            f"`{argument}` must be None or a dict {{loss name: float >= 0}}. "
             f"Received: {argument}={factors!r}"
         )
-    unknown = sorted(set(factors) - set(loss_names))
+    if not all(isinstance(name, str) for name in factors):
+        raise ValueError(f"`{argument}` must have loss names as keys. Received: {argument}={factors!r}")
+    unknown = sorted(set(factors) - set(loss_names)) if loss_names is not None else []
     if unknown:
         raise ValueError(
             f"`{argument}` has names outside loss_names={loss_names}: {unknown}. "
@@ -392,7 +396,9 @@ class MultimodalLoss(keras.layers.Layer):
         values = {name: ops.cast(losses[name], "float32") for _, name in present}
         outputs = {f"{name}_loss": value for name, value in values.items()}
         if len(present) == 1:
-            outputs["loss"] = values[present[0][1]]
+            name = present[0][1]
+            scale = self.loss_scales[name]
+            outputs["loss"] = values[name] if scale == 1.0 else scale * values[name]
             return outputs
         total = ops.zeros((), "float32")
         for index, name in present:
@@ -505,8 +511,9 @@ def compute_multimodal_loss(
     if image_embedding is None:
         parts = {f"{LANGUAGE_MODELING}_loss": lm_loss, "loss": lm_loss}
         if isinstance(weighting, MultimodalLoss):
+            parts = weighting({LANGUAGE_MODELING: lm_loss})  # applies a stage's factor
             weighting.update_metrics(parts)
-        return (lm_loss, parts) if return_parts else lm_loss
+        return (parts["loss"], parts) if return_parts else parts["loss"]
 
     head = getattr(model, CONTRASTIVE_HEAD_ATTRIBUTE, None)
     if not isinstance(head, SigmoidContrastiveLoss) or not isinstance(weighting, MultimodalLoss):

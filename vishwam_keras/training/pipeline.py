@@ -432,6 +432,7 @@ def train_fashion_preset(
 
     from vishwam_keras.data.pipelines import stage_datasets
 
+    alignment_contrastive_scale = check_float("alignment_contrastive_scale", alignment_contrastive_scale)
     output_dir = output_dir or os.path.join(presets_root(), FASHION_PRESET_NAME)
     mixture = dict(FASHION_MIXTURE if mixture is None else mixture)
     stages = default_curriculum(
