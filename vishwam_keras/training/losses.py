@@ -509,10 +509,11 @@ def compute_multimodal_loss(
     lm_loss = language_model_loss(y, y_pred, sample_weight)
     weighting = getattr(model, MULTIMODAL_LOSS_ATTRIBUTE, None)
     if image_embedding is None:
-        parts = {f"{LANGUAGE_MODELING}_loss": lm_loss, "loss": lm_loss}
         if isinstance(weighting, MultimodalLoss):
             parts = weighting({LANGUAGE_MODELING: lm_loss})  # applies a stage's factor
             weighting.update_metrics(parts)
+        else:
+            parts = {f"{LANGUAGE_MODELING}_loss": lm_loss, "loss": lm_loss}
         return (parts["loss"], parts) if return_parts else parts["loss"]
 
     head = getattr(model, CONTRASTIVE_HEAD_ATTRIBUTE, None)

@@ -440,8 +440,8 @@ def train_fashion_preset(
         freeze_language_model_in_alignment=freeze_language_model_in_alignment,
     )
     if alignment_contrastive_scale != 1.0:
-        stages[1] = CurriculumStage.from_dict(
-            {**stages[1].to_dict(), "loss_scales": {"contrastive": alignment_contrastive_scale}}
+        stages[1] = dataclasses.replace(  # `vision_alignment`; replace re-validates the stage
+            stages[1], loss_scales={"contrastive": alignment_contrastive_scale}
         )
     config = AdvancedTrainingConfig(
         model=config_lib.FASHION_TINY_CONFIG,
