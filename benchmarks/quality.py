@@ -51,6 +51,8 @@ SHARED_TRAINING_FIELDS = (
     "total_steps", "batch_size", "sequence_length", "learning_rate", "weight_decay",
     "warmup_steps", "seed",
 )
+# How the fine-tuning stage's VQA examples were drawn (`pipelines.multimodal_stage_dataset`).
+VQA_DATA_FIELDS = ("questions_per_example", "question_type_repeats")
 # Which data source each default curriculum stage trains on (`pipelines.stage_datasets`).
 STAGE_SOURCES = {"text_pretraining": "text", "vision_alignment": "caption"}
 
@@ -95,6 +97,7 @@ def preset_training_record(preset):
                 freeze_language_model_in_alignment=defaults["freeze_language_model_in_alignment"],
             )
         training["finetuning_mixture"] = pipeline.FASHION_MIXTURE  # the script's `mixture=None`
+        training.update({key: defaults[key] for key in VQA_DATA_FIELDS if key in defaults})
     return training
 
 
@@ -112,6 +115,12 @@ def preset_finetuning_mixture(training):
     from vishwam_keras.data.pipelines import DEFAULT_MIXTURE
 
     return dict(training.get("finetuning_mixture") or DEFAULT_MIXTURE)
+
+
+def preset_vqa_data(training):
+    """`multimodal_stage_dataset` keyword arguments for the VQA data of a
+    `preset_training_record`; a record without them means the pipelines' defaults."""
+    return {key: training[key] for key in VQA_DATA_FIELDS if training.get(key) is not None}
 
 
 def baseline_training_config(training, steps=None, seed=None):
@@ -185,7 +194,7 @@ def train_baseline(preset, steps=None, seed=None, num_train_scenes=None, referen
           f"no curriculum, no contrastive loss; data mixture {_format_mixture(mixture)}")
     dataset = multimodal_stage_dataset(
         "train", config.batch_size, mixture=mixture, num_scenes=num_train_scenes, seed=config.seed,
-        repeat=True, drop_remainder=True,
+        repeat=True, drop_remainder=True, **preset_vqa_data(training),
     )
     start = time.perf_counter()
     model = main_training_pipeline(dataset, config).model

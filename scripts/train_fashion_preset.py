@@ -15,6 +15,17 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 from vishwam_keras.training.pipeline import train_fashion_preset  # noqa: E402 (after the backend)
 
+
+def parse_repeats(text):
+    """`"exists:3,relation:2"` -> `{"exists": 3, "relation": 2}`; `None` stays `None`."""
+    if not text:
+        return None
+    pairs = [item.split(":") for item in text.split(",")]
+    if any(len(pair) != 2 or not pair[1].strip().isdigit() for pair in pairs):
+        raise SystemExit(f"--question-type-repeats must look like exists:3,relation:2. Received: {text!r}")
+    return {name.strip(): int(count) for name, count in pairs}
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--steps", type=int, default=5000)
@@ -23,6 +34,13 @@ if __name__ == "__main__":
     parser.add_argument("--loss-weighting", choices=("uncertainty", "fixed"), default="uncertainty")
     parser.add_argument("--alignment-contrastive-scale", type=float, default=10.0,
                         help="factor on the SigLIP term in the alignment stage (1: none)")
+    parser.add_argument("--finetuning-learning-rate", type=float, default=1e-3,
+                        help="peak learning rate of the fine-tuning stage (others: 2e-3)")
+    parser.add_argument("--sequence-length", type=int, default=48)
+    parser.add_argument("--questions-per-example", type=int, default=1,
+                        help="questions of one scene per fine-tuning VQA example (multi-turn)")
+    parser.add_argument("--question-type-repeats", default=None, metavar="TYPE:N,...",
+                        help="how often each question type's questions come up, e.g. exists:3")
     parser.add_argument("--output", default=None)
     parser.add_argument("--checkpoint-dir", default="fashion_checkpoints")
     parser.add_argument("--log-dir", default="benchmarks/fashion_training")
@@ -31,5 +49,8 @@ if __name__ == "__main__":
         output_dir=args.output, total_steps=args.steps, batch_size=args.batch_size,
         checkpoint_dir=args.checkpoint_dir, log_dir=args.log_dir, fractions=tuple(args.fractions),
         loss_weighting=args.loss_weighting, alignment_contrastive_scale=args.alignment_contrastive_scale,
+        finetuning_learning_rate=args.finetuning_learning_rate,
+        sequence_length=args.sequence_length, questions_per_example=args.questions_per_example,
+        question_type_repeats=parse_repeats(args.question_type_repeats),
     )
     print(f"Saved preset to {preset}; log {result.log_path}; plot {result.plot_path}")

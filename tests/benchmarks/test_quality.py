@@ -47,3 +47,11 @@ def test_a_preset_without_metadata_gets_the_training_scripts_own_defaults(tmp_pa
     assert stages[1].trainable == "all"  # the script trains the language model in alignment
     # A record saved before the mixture was written means the pipelines' default.
     assert quality.preset_finetuning_mixture({"total_steps": 10}) == {"caption": 0.3, "vqa": 0.7}
+    # The VQA draw of the script's defaults, and none for an old record.
+    import inspect
+    from vishwam_keras.training.pipeline import train_fashion_preset
+
+    defaults = inspect.signature(train_fashion_preset).parameters
+    expected = {key: defaults[key].default for key in quality.VQA_DATA_FIELDS}
+    assert quality.preset_vqa_data(training) == {k: v for k, v in expected.items() if v is not None}
+    assert quality.preset_vqa_data({"total_steps": 10}) == {}

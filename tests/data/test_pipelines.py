@@ -155,3 +155,85 @@ def test_stage_datasets_for_the_default_curriculum():
     assert int(datasets["vision_alignment"].cardinality()) == 2
     with pytest.raises(ValueError, match="batch_size"):
         pipelines.alignment_stage_dataset("test", 0)
+
+
+@requires_fashion_mnist
+def test_multi_question_vqa_examples_are_questions_of_their_scene():
+    scenes = fashion_scenes.make_scenes("test", 5)
+    examples = list(
+        pipelines.vqa_examples("test", 5, shuffle=False, questions_per_example=4).as_numpy_iterator()
+    )
+    assert len(examples) == 5  # one example per scene
+    for scene, example in enumerate(examples):
+        prompts = [p.decode() for p in example["prompts"]]
+        responses = [r.decode() for r in example["responses"]]
+        assert prompts[0].startswith("<start_of_image> Question: ") and prompts[0].endswith(" Answer:")
+        assert all(p.startswith(" Question: ") and p.endswith(" Answer:") for p in prompts[1:])
+        asked = [p.split("Question: ")[1][: -len(" Answer:")] for p in prompts]
+        truth = {item.question: " " + item.answer for item in scenes.qa[scene]}
+        assert len(set(asked)) == 4 and all(q in truth for q in asked)
+        assert responses == [truth[q] for q in asked]
+        np.testing.assert_array_equal(example["images"][0], scenes.images[scene])
+    # seeded: the same draw twice, another seed another draw
+    again = list(pipelines.vqa_examples("test", 5, shuffle=False, questions_per_example=4))
+    assert all((a["prompts"].numpy() == b["prompts"]).all() for a, b in zip(again, examples))
+    other = list(pipelines.vqa_examples("test", 5, seed=1, shuffle=False, questions_per_example=4))
+    assert any((a["prompts"].numpy() != b["prompts"]).any() for a, b in zip(other, examples))
+
+
+@requires_fashion_mnist
+def test_multi_question_mixture_widens_captions_and_text(preprocessor):
+    mixture = {"caption": 1.0, "vqa": 1.0, "text": 1.0}
+    dataset = pipelines.multimodal_stage_dataset(
+        "test", 12, mixture, num_scenes=5, sequence_chars=64, questions_per_example=3
+    )
+    batch = next(iter(dataset))
+    assert batch["prompts"].shape == batch["responses"].shape == (12, 3)
+    prompts = batch["prompts"].numpy()
+    single = ~np.char.startswith(prompts[:, 0].astype(str), "<start_of_image> Question:")
+    assert single.any() and (~single).any()
+    assert (prompts[single, 1:] == b"").all() and (batch["responses"].numpy()[single, 1:] == b"").all()
+    assert (prompts[~single, 1:] != b"").all()
+    preprocessor.sequence_length = 72  # room for three questions
+    x, y, w = next(iter(tf.data.Dataset.from_tensors(batch).map(preprocessor)))
+    eos = preprocessor.tokenizer.end_token_id
+    # one predicted <eos> per filled turn (text chunks longer than the sequence lose theirs)
+    ends = ((np.asarray(y) == eos) & np.asarray(w)).sum(1)
+    assert (ends[~single] == 3).all(), ends
+
+
+@pytest.mark.parametrize("value", [0, 11, 2.0, True, "3"])
+def test_questions_per_example_is_checked(value):
+    with pytest.raises(ValueError, match="questions_per_example"):
+        pipelines.multimodal_stage_dataset("test", 4, num_scenes=5, questions_per_example=value)
+
+
+@requires_fashion_mnist
+def test_question_type_repeats_multiply_each_type():
+    def per_type(**kwargs):
+        examples = pipelines.vqa_examples("test", 4, shuffle=False, **kwargs)
+        kinds = {q: k for q, k in zip(fashion_scenes.QUESTIONS, fashion_scenes.QUESTION_TYPE_OF)}
+        counts = dict.fromkeys(fashion_scenes.QUESTION_TYPES, 0)
+        for example in examples.as_numpy_iterator():
+            question = example["prompts"].decode()[len("<start_of_image> Question: "):-len(" Answer:")]
+            counts[kinds[question]] += 1
+        return counts
+
+    plain = per_type()
+    repeated = per_type(question_type_repeats={"exists": 3, "count": 0})
+    assert repeated == {**plain, "exists": 3 * plain["exists"], "count": 0}
+
+
+@pytest.mark.parametrize(
+    "repeats", [{"colour": 2}, {"exists": -1}, {"exists": 1.5}, [("exists", 2)],
+                dict.fromkeys(fashion_scenes.QUESTION_TYPES, 0)]
+)
+def test_question_type_repeats_are_checked(repeats):
+    with pytest.raises(ValueError, match="question_type_repeats"):
+        pipelines.multimodal_stage_dataset("test", 4, num_scenes=5, question_type_repeats=repeats)
+
+
+@requires_fashion_mnist
+def test_question_type_repeats_need_single_question_examples():
+    with pytest.raises(ValueError, match="question_type_repeats"):
+        pipelines.vqa_examples("test", 3, questions_per_example=2, question_type_repeats={"exists": 2})

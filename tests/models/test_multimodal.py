@@ -167,3 +167,74 @@ def test_contrastive_loss_is_reported_and_only_for_image_batches():
     assert restored.multimodal_loss.weighting == "uncertainty"
     # Text-only models keep the loss given to compile().
     assert VishwamCausalLM(tiny_vision_backbone(), use_contrastive_loss=False).multimodal_loss is None
+
+
+def _turns_preprocessor(sequence_length):
+    preprocessor = VishwamCausalLMPreprocessor.from_preset("vishwam_1b", sequence_length=sequence_length)
+    preprocessor.image_converter = VishwamImageConverter(image_size=8)
+    preprocessor.num_vision_tokens_per_image = 2
+    return preprocessor
+
+
+def _turn_inputs(prompts, responses):
+    images = np.random.uniform(0, 255, (len(prompts), 1, 8, 8, 3)).astype("float32")
+    return {"prompts": np.array(prompts), "responses": np.array(responses), "images": images}
+
+
+def test_multi_turn_packing_matches_a_hand_built_sequence():
+    preprocessor = _turns_preprocessor(40)
+    tokenizer = preprocessor.tokenizer
+    prompts = [["<start_of_image> Question: is it a shoe? Answer:", " Question: how many? Answer:"],
+               ["<start_of_image> Caption:", ""]]
+    responses = [[" yes", " two"], [" a shoe", ""]]
+    x, y, w = preprocessor(_turn_inputs(prompts, responses))
+    expansion = "<start_of_image><image_soft_token><image_soft_token><end_of_image>"
+    for row in range(2):
+        ids, predicted = [tokenizer.start_token_id], [False]
+        for prompt, response in zip(prompts[row], responses[row]):
+            if not prompt and not response:
+                continue  # an empty turn is padding
+            prompt_ids = np.asarray(tokenizer(prompt.replace("<start_of_image>", expansion))).tolist()
+            response_ids = np.asarray(tokenizer(response)).tolist() + [tokenizer.end_token_id]
+            ids += prompt_ids + response_ids
+            predicted += [False] * len(prompt_ids) + [True] * len(response_ids)
+        n = len(ids)
+        np.testing.assert_array_equal(_np(x["token_ids"])[row, :n], ids[:n])
+        assert (_np(x["token_ids"])[row, n:] == tokenizer.pad_token_id).all()
+        np.testing.assert_array_equal(_np(x["padding_mask"])[row], np.arange(40) < n)
+        np.testing.assert_array_equal(_np(y)[row, : n - 1], ids[1:])
+        np.testing.assert_array_equal(_np(w)[row, : n - 1].astype(bool), predicted[1:])
+        assert not _np(w)[row, n - 1 :].any()
+
+
+def test_one_turn_packs_like_single_turn_and_long_turns_are_cut():
+    preprocessor = _turns_preprocessor(24)
+    prompts, responses = ["<start_of_image> Caption:", "Hello"], [" a red shoe", " there"]
+    inputs = _turn_inputs(prompts, responses)
+    single = preprocessor(inputs)
+    turns = preprocessor(
+        {**inputs, "prompts": inputs["prompts"][:, None], "responses": inputs["responses"][:, None]}
+    )
+    for a, b in [(single[0]["token_ids"], turns[0]["token_ids"]), (single[1], turns[1]), (single[2], turns[2])]:
+        np.testing.assert_array_equal(_np(a), _np(b))
+    long = preprocessor(_turn_inputs([["Hello", " Again"]], [[" there " * 10, " more"]]))
+    assert _np(long[0]["padding_mask"]).all()  # filled to the length, the rest cut off
+    assert _np(long[0]["token_ids"]).shape == (1, 24)
+    with pytest.raises(ValueError, match="responses"):
+        preprocessor({"prompts": np.array([["a", "b"]]), "responses": np.array([" c"]),
+                      "images": np.zeros((1, 1, 8, 8, 3), "float32")})
+
+
+def test_fit_on_multi_turn_batches_and_generate_stops_after_one_answer():
+    preprocessor = _turns_preprocessor(32)
+    lm = VishwamCausalLM(tiny_vision_backbone("interleave"), preprocessor=preprocessor)
+    inputs = _turn_inputs(
+        [["<start_of_image> Question: what? Answer:", " Question: how many? Answer:"]] * 4,
+        [[" a shoe", " two"]] * 4,
+    )
+    lm.compile(optimizer=keras.optimizers.Adam(0.01), sampler="greedy")
+    history = lm.fit(inputs, batch_size=4, epochs=15, verbose=0)
+    assert history.history["loss"][-1] < history.history["loss"][0] / 2
+    out = lm.generate({"prompts": ["<start_of_image> Question: what? Answer:"],
+                       "images": [[inputs["images"][0, 0]]]}, max_length=32, strip_prompt=True)
+    assert out[0].strip() == "a shoe"  # learnt the first answer, then <eos>

@@ -414,6 +414,12 @@ CASES = [
     R("preprocessor_nan_image",
       lambda c: c.mm_preprocessor.generate_preprocess(
           {"prompts": ["<start_of_image> a"], "images": [[_nan_image()]]}), V, "NaN"),
+    R("preprocessor_multi_turn_responses_not_matching",
+      lambda c: c.mm_preprocessor({"prompts": np.array([["a", "b"]]), "responses": np.array([" c"]),
+                                   "images": _ones(1, 1, 8, 8, 3)}), V, "responses"),
+    R("pipeline_zero_questions_per_example",
+      lambda c: __import__("vishwam_keras.data.pipelines", fromlist=["_"]).multimodal_stage_dataset(
+          batch_size=4, questions_per_example=0), V, "questions_per_example"),
     R("preprocessor_zero_sequence_length",
       lambda c: _layer("VishwamCausalLMPreprocessor", tokenizer=c.tokenizer, sequence_length=0), V,
       "sequence_length"),

@@ -127,6 +127,23 @@ def test_bad_configs_fail_before_training(kwargs, match):
         AdvancedTrainingConfig(**kwargs)
 
 
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(alignment_contrastive_scale=-1.0), "alignment_contrastive_scale"),
+        (dict(questions_per_example=0), "questions_per_example"),
+        (dict(finetuning_learning_rate=0.0), "finetuning_learning_rate"),
+        (dict(question_type_repeats={"exists": 1.5}), "question_type_repeats"),
+    ],
+)
+def test_train_fashion_preset_checks_its_arguments_first(kwargs, match, tmp_path):
+    from vishwam_keras.training.pipeline import train_fashion_preset
+
+    with pytest.raises(ValueError, match=match):
+        train_fashion_preset(output_dir=str(tmp_path / "preset"), **kwargs)
+    assert not (tmp_path / "preset").exists()
+
+
 def _text_lines():
     lines = ["To be, or not to be, that is the question:", "Whether 'tis nobler in the mind",
              "to suffer the slings and arrows", "of outrageous fortune, or to take arms"]

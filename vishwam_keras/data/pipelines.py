@@ -29,6 +29,8 @@ from vishwam_keras.data.shakespeare import load_shakespeare_works
 CAPTION_PROMPT = "<start_of_image> Caption:"
 VQA_PROMPT_PREFIX = "<start_of_image> Question: "
 VQA_PROMPT_SUFFIX = " Answer:"
+# Prompt of each question after the first in a multi-question VQA example.
+FOLLOW_UP_PREFIX = " Question: "
 # Held out of the text stage's train split: one play and one poem (about 2% of the text).
 TEXT_VALIDATION_WORKS = ("tempest", "lovers_complaint")
 DEFAULT_SEQUENCE_CHARS = 512
@@ -201,11 +203,30 @@ def vqa_examples(
     data_dir=None,
     question_types=None,
     shuffle=True,
+    questions_per_example=1,
+    question_type_repeats=None,
 ):
-    """One example per (scene, question) (unbatched): `"<start_of_image> Question: ... Answer:"`.
+    """VQA examples (unbatched): `"<start_of_image> Question: ... Answer:"` -> `" answer"`.
+
+    With `questions_per_example=1` (the default), one example per (scene, question).
+    With `k > 1`, one multi-turn example per scene: `k` of its questions drawn at random
+    (stateless in `seed` and the example's position), as `prompts` / `responses` of
+    shape `(k,)`; the first turn is the single-question prompt, the others
+    `" Question: ... Answer:"` (see `VishwamCausalLMPreprocessor`, which ends each turn
+    with `<eos>`). Every scene has at least 10 questions; `k` must not exceed that.
 
     `question_types` keeps only some of `fashion_scenes.QUESTION_TYPES` (all by default).
+    `question_type_repeats` (single-question examples only) maps a question type to how
+    many times each of its questions appears per epoch (default 1; e.g. `{"exists": 2}`
+    doubles the share of "Is there ...?" questions).
     """
+    check_questions_per_example(questions_per_example)
+    repeats = check_question_type_repeats(question_type_repeats)
+    if repeats and questions_per_example > 1:
+        raise ValueError(
+            "`question_type_repeats` applies to single-question examples; with "
+            f"questions_per_example={questions_per_example} pass question_type_repeats=None."
+        )
     pool, indices, _, qa = _scene_table(split, _num_scenes(split, num_scenes), scene_seed, data_dir)
     if question_types is not None:
         unknown = sorted(set(question_types) - set(fashion_scenes.QUESTION_TYPES))
@@ -213,6 +234,13 @@ def vqa_examples(
             raise ValueError(f"Unknown question types {unknown}. Known: {fashion_scenes.QUESTION_TYPES}")
         types = np.asarray(fashion_scenes.QUESTION_TYPE_OF)[qa[:, 1]]
         qa = qa[np.isin(types, list(question_types))]
+    if repeats:
+        types = np.asarray(fashion_scenes.QUESTION_TYPE_OF)[qa[:, 1]]
+        qa = np.repeat(qa, [repeats.get(kind, 1) for kind in types], axis=0)
+    if questions_per_example > 1:
+        return _multi_question_examples(
+            pool, indices, qa, seed, repeat, shuffle, questions_per_example
+        )
     pool, indices, qa = tf.constant(pool), tf.constant(indices), tf.constant(qa)
     questions = tf.constant(fashion_scenes.QUESTIONS)
     answers = tf.constant([" " + answer for answer in fashion_scenes.ANSWERS])
@@ -229,6 +257,104 @@ def vqa_examples(
 
     rows = _indices(int(qa.shape[0]), seed, "vqa", repeat, shuffle)
     return rows.map(to_example, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+MAX_QUESTIONS_PER_EXAMPLE = 10  # the fewest questions a scene has
+
+
+def check_questions_per_example(questions_per_example):
+    if (
+        isinstance(questions_per_example, bool)
+        or not isinstance(questions_per_example, (int, np.integer))
+        or not 1 <= questions_per_example <= MAX_QUESTIONS_PER_EXAMPLE
+    ):
+        raise ValueError(
+            f"`questions_per_example` must be an int from 1 to {MAX_QUESTIONS_PER_EXAMPLE} "
+            "(every scene has at least that many questions). "
+            f"Received: questions_per_example={questions_per_example!r}"
+        )
+    return int(questions_per_example)
+
+
+def check_question_type_repeats(question_type_repeats):
+    """`None` or a dict question type -> int >= 0 (checked); returns a dict (maybe empty)."""
+    if question_type_repeats is None:
+        return {}
+    if not isinstance(question_type_repeats, dict):
+        raise ValueError(
+            "`question_type_repeats` must be a dict question type -> int >= 0. "
+            f"Received: question_type_repeats={question_type_repeats!r}"
+        )
+    for kind, count in question_type_repeats.items():
+        if kind not in fashion_scenes.QUESTION_TYPES or isinstance(count, bool) or not isinstance(
+            count, (int, np.integer)
+        ) or count < 0:
+            raise ValueError(
+                f"`question_type_repeats` must map question types {fashion_scenes.QUESTION_TYPES} "
+                f"to ints >= 0. Received: question_type_repeats={question_type_repeats!r}"
+            )
+    if question_type_repeats and not any(
+        question_type_repeats.get(kind, 1) for kind in fashion_scenes.QUESTION_TYPES
+    ):
+        raise ValueError(
+            "`question_type_repeats` leaves no question (every type repeated 0 times). "
+            f"Received: question_type_repeats={question_type_repeats!r}"
+        )
+    return {kind: int(count) for kind, count in question_type_repeats.items()}
+
+
+def _multi_question_examples(pool, indices, qa, seed, repeat, shuffle, turns):
+    """One example per scene with `turns` of its questions (see `vqa_examples`)."""
+    splits = np.searchsorted(qa[:, 0], np.arange(len(indices) + 1)).astype(np.int64)
+    if (np.diff(splits) < turns).any():
+        raise ValueError(
+            f"`questions_per_example={turns}` but some scenes have only "
+            f"{int(np.diff(splits).min())} questions of the kept types."
+        )
+    pool, indices, qa = tf.constant(pool), tf.constant(indices), tf.constant(qa)
+    splits = tf.constant(splits)
+    questions = tf.constant(fashion_scenes.QUESTIONS)
+    answers = tf.constant([" " + answer for answer in fashion_scenes.ANSWERS])
+    first = tf.constant([True] + [False] * (turns - 1))
+    seed_value = tf.constant(int(seed), tf.int64)
+
+    def to_example(scene, position):
+        start, count = splits[scene], splits[scene + 1] - splits[scene]
+        key = tf.stack([seed_value, position * len(_STREAMS) + _STREAMS["vqa"]])
+        order = tf.argsort(tf.random.stateless_uniform([count], seed=key))[:turns]
+        rows = tf.gather(qa, start + tf.cast(order, tf.int64))
+        asked = tf.gather(questions, rows[:, 1])
+        prompts = tf.where(
+            first,
+            tf.strings.join([VQA_PROMPT_PREFIX, asked, VQA_PROMPT_SUFFIX]),
+            tf.strings.join([FOLLOW_UP_PREFIX, asked, VQA_PROMPT_SUFFIX]),
+        )
+        return {
+            "prompts": prompts,
+            "responses": tf.gather(answers, rows[:, 2]),
+            "images": _scene_image(pool, indices[scene]),
+            "image_mask": tf.ones((1,), tf.int32),
+        }
+
+    scenes = _indices(int(indices.shape[0]), seed, "vqa", repeat, shuffle)
+    positions = tf.data.Dataset.counter()
+    return tf.data.Dataset.zip((scenes, positions)).map(
+        to_example, num_parallel_calls=tf.data.AUTOTUNE
+    )
+
+
+def as_turns(examples, turns):
+    """Single-turn examples -> `turns`-turn ones (`prompts` / `responses` of shape
+    `(turns,)`, the rest `""`), so they mix with multi-question VQA examples."""
+    padding = tf.constant([""] * (turns - 1))
+
+    def widen(example):
+        example = dict(example)
+        for key in ("prompts", "responses"):
+            example[key] = tf.concat([example[key][None], padding], axis=0)
+        return example
+
+    return examples.map(widen, num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def mix_examples(datasets, weights, seed=0):
@@ -337,6 +463,8 @@ def multimodal_stage_dataset(
     data_dir=None,
     sequence_chars=DEFAULT_SEQUENCE_CHARS,
     drop_remainder=False,
+    questions_per_example=1,
+    question_type_repeats=None,
 ):
     """Stage 3 (`multimodal_finetuning`): captions, VQA and optionally text, mixed per example.
 
@@ -349,12 +477,20 @@ def multimodal_stage_dataset(
         num_scenes, seed, repeat, scene_seed, data_dir, drop_remainder: as in
             `alignment_stage_dataset`.
         sequence_chars: int. Text chunk length. Defaults to `512`.
+        questions_per_example: int. Questions of one scene per VQA example
+            (`vqa_examples`). With more than 1, every example is multi-turn: `prompts`
+            and `responses` are `(batch, questions_per_example)`, captions and text
+            filling only the first turn. Defaults to `1`.
+        question_type_repeats: dict, optional. How many times each question of a type
+            appears per VQA epoch (see `vqa_examples`). Defaults to once each.
 
     Returns:
         A `tf.data.Dataset` of dicts shaped as in `alignment_stage_dataset`. Without
         `repeat` it ends when the first drawn source runs out.
     """
     _check_batch_size(batch_size)
+    turns = check_questions_per_example(questions_per_example)
+    check_question_type_repeats(question_type_repeats)
     mixture = dict(DEFAULT_MIXTURE if mixture is None else mixture)
     unknown = sorted(set(mixture) - set(MIXTURE_SOURCES))
     if unknown or not mixture:
@@ -365,10 +501,18 @@ def multimodal_stage_dataset(
     builders = {
         "text": lambda: text_examples(_text_split(split), sequence_chars, seed, repeat),
         "caption": lambda: caption_examples(split, num_scenes, seed, repeat, scene_seed, data_dir),
-        "vqa": lambda: vqa_examples(split, num_scenes, seed, repeat, scene_seed, data_dir),
+        "vqa": lambda: vqa_examples(
+            split, num_scenes, seed, repeat, scene_seed, data_dir, questions_per_example=turns,
+            question_type_repeats=question_type_repeats,
+        ),
     }
     weights = [mixture[name] for name in sources]
-    examples = mix_examples([builders[name]() for name in sources], weights, seed)
+    datasets = [builders[name]() for name in sources]
+    if turns > 1:
+        datasets = [
+            data if name == "vqa" else as_turns(data, turns) for name, data in zip(sources, datasets)
+        ]
+    examples = mix_examples(datasets, weights, seed)
     return _finish(examples, batch_size, drop_remainder)
 
 
@@ -382,12 +526,16 @@ def stage_datasets(
     sequence_chars=DEFAULT_SEQUENCE_CHARS,
     data_dir=None,
     drop_remainder=False,
+    questions_per_example=1,
+    question_type_repeats=None,
 ):
     """The three stage datasets, keyed by `STAGE_NAMES` (the default curriculum's stages).
 
     `split` picks the scene split (`text_pretraining` reads Shakespeare's `"train"`
     for `"train"` and its `"validation"` works otherwise). Pass `repeat=True` to train
     with `run_curriculum`, which runs a fixed number of steps per stage.
+    `questions_per_example` and `question_type_repeats` shape the fine-tuning stage's VQA
+    examples (see `multimodal_stage_dataset`).
     """
     text, alignment, multimodal = STAGE_NAMES
     return {
@@ -400,5 +548,7 @@ def stage_datasets(
         multimodal: multimodal_stage_dataset(
             split, batch_size, mixture, num_scenes, seed, repeat, data_dir=data_dir,
             sequence_chars=sequence_chars, drop_remainder=drop_remainder,
+            questions_per_example=questions_per_example,
+            question_type_repeats=question_type_repeats,
         ),
     }

@@ -38,6 +38,10 @@ class VishwamCausalLMPreprocessor(NamedPresetMixin, CausalLMPreprocessor):
     Inputs:
     - strings: plain language-model data; every token is predicted;
     - `{"prompts", "responses"}`: only response tokens carry loss weight;
+    - multi-turn: `prompts` and `responses` of shape `(batch, turns)` pack each example
+      as `<bos> p0 r0 <eos> p1 r1 <eos> ...` (turns of two empty strings are left out),
+      with loss weight on every response and its `<eos>`. `generate` stops at `<eos>`,
+      so a model trained this way answers one turn at a time;
     - `{"prompts", "responses"?, "images", "image_mask"?}`: images
       `(batch, num_images, H, W, C)` (or, in `generate`, a list of per-example image
       lists of any length). Each `<start_of_image>` marks where the next image goes.
@@ -193,14 +197,19 @@ class VishwamCausalLMPreprocessor(NamedPresetMixin, CausalLMPreprocessor):
         responses = tf.convert_to_tensor(x.get("responses", tf.fill(tf.shape(prompts), "")))
         if self.image_converter is not None:
             prompts = self._expand_placeholders(prompts)
-        token_ids, segment_ids = self.segment_packer(
-            (self.tokenizer(prompts), self.tokenizer(responses)),
-            sequence_length=sequence_length + 1,
-            add_start_value=self.add_start_token,
-            add_end_value=self.add_end_token,
-        )
-        padding_mask = token_ids != self.tokenizer.pad_token_id
-        predicted = tf.logical_and(segment_ids == 1, padding_mask)
+        if prompts.shape.rank == 2:
+            token_ids, padding_mask, predicted = self._pack_turns(
+                prompts, responses, sequence_length + 1
+            )
+        else:
+            token_ids, segment_ids = self.segment_packer(
+                (self.tokenizer(prompts), self.tokenizer(responses)),
+                sequence_length=sequence_length + 1,
+                add_start_value=self.add_start_token,
+                add_end_value=self.add_end_token,
+            )
+            padding_mask = token_ids != self.tokenizer.pad_token_id
+            predicted = tf.logical_and(segment_ids == 1, padding_mask)
         inputs = {"token_ids": token_ids[..., :-1], "padding_mask": padding_mask[..., :-1]}
         if self.image_converter is not None:
             if "images" in x:
@@ -212,6 +221,59 @@ class VishwamCausalLMPreprocessor(NamedPresetMixin, CausalLMPreprocessor):
             else:
                 inputs["images"], inputs["image_mask"] = self._empty_images(tf.shape(token_ids)[0])
         return keras.utils.pack_x_y_sample_weight(inputs, token_ids[..., 1:], predicted[..., 1:])
+
+    def _tokenize_ragged(self, strings):
+        # Called eagerly, KerasHub's tokenizer hands back Python lists; keep tensors.
+        ids = self.tokenizer(strings)
+        if isinstance(ids, tf.RaggedTensor):
+            return ids
+        return tf.ragged.constant(ids, dtype="int32", ragged_rank=1, inner_shape=())
+
+    def _pack_turns(self, prompts, responses, length):
+        """Multi-turn packing: `(batch, turns)` strings -> `token_ids`, `padding_mask`,
+        `predicted`, each `(batch, length)`.
+
+        Example i becomes `<bos> p_i0 r_i0 <eos> p_i1 r_i1 <eos> ...`: each turn is its
+        prompt, its response and the end token, and only response and end tokens are
+        predicted. A turn whose prompt and response are both `""` is left out (padding
+        of examples with fewer turns). What does not fit in `length` is cut from the end.
+        One turn gives exactly the single-turn packing of a short enough example.
+        """
+        if responses.shape.rank != 2:
+            raise ValueError(
+                "Multi-turn `prompts` of shape (batch, turns) need `responses` of the same "
+                f"shape. Received: responses of rank {responses.shape.rank}"
+            )
+        turns = tf.shape(prompts)[1]
+        keep = tf.logical_or(prompts != "", responses != "")
+        prompt_ids = self._tokenize_ragged(tf.reshape(prompts, [-1]))
+        response_ids = self._tokenize_ragged(tf.reshape(responses, [-1]))
+        num_turns = tf.shape(prompt_ids.row_lengths())[0]
+        if self.add_end_token:
+            end = tf.fill([num_turns, 1], tf.cast(self.tokenizer.end_token_id, response_ids.dtype))
+            response_ids = tf.concat([response_ids, tf.RaggedTensor.from_tensor(end)], axis=1)
+        turn_ids = tf.concat([prompt_ids, response_ids], axis=1)
+        turn_predicted = tf.concat(
+            [tf.zeros_like(prompt_ids, tf.bool), tf.ones_like(response_ids, tf.bool)], axis=1
+        )
+
+        def per_example(ragged):
+            grouped = tf.RaggedTensor.from_uniform_row_length(
+                ragged, tf.cast(turns, ragged.row_splits.dtype)
+            )
+            return tf.ragged.boolean_mask(grouped, keep).merge_dims(1, 2)
+
+        token_ids, predicted = per_example(turn_ids), per_example(turn_predicted)
+        if self.add_start_token:
+            batch = tf.shape(prompts)[0]
+            start = tf.fill([batch, 1], tf.cast(self.tokenizer.start_token_id, token_ids.dtype))
+            token_ids = tf.concat([tf.RaggedTensor.from_tensor(start), token_ids], axis=1)
+            predicted = tf.concat([tf.zeros([batch, 1], tf.bool), predicted], axis=1)
+        shape = [None, length]
+        padding_mask = tf.ones_like(token_ids, tf.bool).to_tensor(False, shape=shape)
+        token_ids = token_ids.to_tensor(self.tokenizer.pad_token_id, shape=shape)
+        predicted = predicted.to_tensor(False, shape=shape)
+        return token_ids, padding_mask, predicted
 
     # === Generation ===
     def generate_preprocess(self, x, sequence_length=None):
