@@ -34,8 +34,8 @@ if __name__ == "__main__":
     parser.add_argument("--loss-weighting", choices=("uncertainty", "fixed"), default="uncertainty")
     parser.add_argument("--alignment-contrastive-scale", type=float, default=10.0,
                         help="factor on the SigLIP term in the alignment stage (1: none)")
-    parser.add_argument("--finetuning-learning-rate", type=float, default=1e-3,
-                        help="peak learning rate of the fine-tuning stage (others: 2e-3)")
+    parser.add_argument("--finetuning-learning-rate", type=float, default=None,
+                        help="peak learning rate of the fine-tuning stage (default: 2e-3, as the others)")
     parser.add_argument("--sequence-length", type=int, default=48)
     parser.add_argument("--questions-per-example", type=int, default=1,
                         help="questions of one scene per fine-tuning VQA example (multi-turn)")

@@ -407,7 +407,7 @@ def train_fashion_preset(
     output_dir=None, total_steps=5000, batch_size=16, sequence_length=48, checkpoint_dir=None,
     log_dir=None, seed=0, verbose="auto", fractions=(0.05, 0.2, 0.75), mixture=None,
     freeze_language_model_in_alignment=False, loss_weighting="uncertainty",
-    alignment_contrastive_scale=10.0, finetuning_learning_rate=1e-3, questions_per_example=1,
+    alignment_contrastive_scale=10.0, finetuning_learning_rate=None, questions_per_example=1,
     question_type_repeats=None,
 ):
     """Train `vishwam_tiny_fashion` through the three-stage curriculum and save the preset.
@@ -422,9 +422,10 @@ def train_fashion_preset(
     stage's `loss_scales["contrastive"]`: there every pair is a caption and its image, and
     the uncertainty weighting alone gives the SigLIP term a tenth of the language model's
     weight (on the first 1000 test scenes, 10 against 1: VQA 67.3% against 64.0%).
-    `finetuning_learning_rate` is the fine-tuning stage's peak learning rate (`None`: the
-    config's 2e-3, as the other stages; 1e-3 gave VQA 63.4% against 60.9% at 2500 steps on
-    the first 200 test scenes). `questions_per_example` (questions per VQA example; `sequence_length` must leave room
+    `finetuning_learning_rate` is the fine-tuning stage's peak learning rate (`None`, the
+    default: the config's 2e-3, as the other stages; 1e-3 won at 2500 steps and lost at
+    5000, see `benchmarks/fashion_training/README.md`). `questions_per_example` (questions
+    per VQA example; `sequence_length` must leave room
     for them) and `question_type_repeats` (how often each type's questions come up) shape
     the fine-tuning stage's VQA data (`pipelines.multimodal_stage_dataset`).
 
