@@ -237,3 +237,14 @@ def test_question_type_repeats_are_checked(repeats):
 def test_question_type_repeats_need_single_question_examples():
     with pytest.raises(ValueError, match="question_type_repeats"):
         pipelines.vqa_examples("test", 3, questions_per_example=2, question_type_repeats={"exists": 2})
+
+
+@requires_fashion_mnist
+def test_turns_length_holds_every_multi_question_example(preprocessor):
+    preprocessor.sequence_length = pipelines.turns_length(preprocessor, 3) - 1
+    examples = pipelines.vqa_examples("test", 30, shuffle=False, questions_per_example=3).batch(30)
+    x, y, w = next(iter(examples.map(preprocessor)))
+    ends = ((np.asarray(y) == preprocessor.tokenizer.end_token_id) & np.asarray(w)).sum(1)
+    assert (ends == 3).all(), ends  # nothing cut: every turn keeps its <eos>
+    assert pipelines.turns_length(preprocessor, 1) < pipelines.turns_length(preprocessor, 2)
+    assert pipelines.as_turns(pipelines.caption_examples("test", 2), 1).element_spec["prompts"].shape == ()

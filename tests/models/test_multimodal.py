@@ -217,12 +217,17 @@ def test_one_turn_packs_like_single_turn_and_long_turns_are_cut():
     )
     for a, b in [(single[0]["token_ids"], turns[0]["token_ids"]), (single[1], turns[1]), (single[2], turns[2])]:
         np.testing.assert_array_equal(_np(a), _np(b))
-    long = preprocessor(_turn_inputs([["Hello", " Again"]], [[" there " * 10, " more"]]))
-    assert _np(long[0]["padding_mask"]).all()  # filled to the length, the rest cut off
-    assert _np(long[0]["token_ids"]).shape == (1, 24)
-    with pytest.raises(ValueError, match="responses"):
-        preprocessor({"prompts": np.array([["a", "b"]]), "responses": np.array([" c"]),
-                      "images": np.zeros((1, 1, 8, 8, 3), "float32")})
+    long = preprocessor(_turn_inputs([["Hello", " Again"]], [[" there " * 14, " more"]]))
+    tokenizer = preprocessor.tokenizer
+    kept = [tokenizer.start_token_id] + np.asarray(tokenizer("Hello")).tolist()
+    kept += np.asarray(tokenizer(" there " * 14)).tolist()
+    np.testing.assert_array_equal(_np(long[0]["token_ids"])[0], kept[:24])  # cut from the end
+    assert _np(long[0]["padding_mask"]).all()
+    assert not (_np(long[1]) == tokenizer.end_token_id).any()  # the cut turn has no <eos>
+    for responses in (np.array([" c"]), np.array([[" c", " d", " e"]])):
+        with pytest.raises(ValueError, match="responses"):
+            preprocessor({"prompts": np.array([["a", "b"]]), "responses": responses,
+                          "images": np.zeros((1, 1, 8, 8, 3), "float32")})
 
 
 def test_fit_on_multi_turn_batches_and_generate_stops_after_one_answer():

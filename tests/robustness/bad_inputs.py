@@ -417,6 +417,9 @@ CASES = [
     R("preprocessor_multi_turn_responses_not_matching",
       lambda c: c.mm_preprocessor({"prompts": np.array([["a", "b"]]), "responses": np.array([" c"]),
                                    "images": _ones(1, 1, 8, 8, 3)}), V, "responses"),
+    R("preprocessor_multi_turn_counts_not_matching",
+      lambda c: c.mm_preprocessor({"prompts": np.array([["a", "b"]]), "responses": np.array([[" c", " d", " e"]]),
+                                   "images": _ones(1, 1, 8, 8, 3)}), V, "responses"),
     R("pipeline_zero_questions_per_example",
       lambda c: __import__("vishwam_keras.data.pipelines", fromlist=["_"]).multimodal_stage_dataset(
           batch_size=4, questions_per_example=0), V, "questions_per_example"),

@@ -134,14 +134,20 @@ def test_bad_configs_fail_before_training(kwargs, match):
         (dict(questions_per_example=0), "questions_per_example"),
         (dict(finetuning_learning_rate=0.0), "finetuning_learning_rate"),
         (dict(question_type_repeats={"exists": 1.5}), "question_type_repeats"),
+        (dict(questions_per_example=3), "sequence_length"),  # 3 questions need ~88 tokens
     ],
 )
-def test_train_fashion_preset_checks_its_arguments_first(kwargs, match, tmp_path):
-    from vishwam_keras.training.pipeline import train_fashion_preset
+def test_train_fashion_preset_checks_its_arguments_first(kwargs, match, monkeypatch):
+    from vishwam_keras.data import pipelines
+    from vishwam_keras.training import pipeline
 
+    def reached(*args, **kwargs):
+        raise AssertionError("got past the argument checks")
+
+    monkeypatch.setattr(pipelines, "stage_datasets", reached)
+    monkeypatch.setattr(pipeline, "main_training_pipeline", reached)
     with pytest.raises(ValueError, match=match):
-        train_fashion_preset(output_dir=str(tmp_path / "preset"), **kwargs)
-    assert not (tmp_path / "preset").exists()
+        pipeline.train_fashion_preset(total_steps=3, **kwargs)
 
 
 def _text_lines():

@@ -129,6 +129,12 @@ def _indices(num_items, seed, stream, repeat, shuffle=True):
     return positions.map(shuffled)
 
 
+def _qa_strings():
+    """`fashion_scenes.QUESTIONS` and the `ANSWERS` as responses (leading space), as tensors."""
+    answers = [" " + answer for answer in fashion_scenes.ANSWERS]
+    return tf.constant(fashion_scenes.QUESTIONS), tf.constant(answers)
+
+
 def _scene_image(pool, item_indices):
     """Four 28x28 items -> one `(1, 56, 56, 1)` scene, as `fashion_scenes.compose_images`."""
     items = tf.gather(pool, item_indices)
@@ -242,8 +248,7 @@ def vqa_examples(
             pool, indices, qa, seed, repeat, shuffle, questions_per_example
         )
     pool, indices, qa = tf.constant(pool), tf.constant(indices), tf.constant(qa)
-    questions = tf.constant(fashion_scenes.QUESTIONS)
-    answers = tf.constant([" " + answer for answer in fashion_scenes.ANSWERS])
+    questions, answers = _qa_strings()
 
     def to_example(row):
         scene, question, answer = qa[row, 0], qa[row, 1], qa[row, 2]
@@ -303,6 +308,28 @@ def check_question_type_repeats(question_type_repeats):
     return {kind: int(count) for kind, count in question_type_repeats.items()}
 
 
+def turns_length(preprocessor, questions_per_example):
+    """Tokens the longest `questions_per_example`-question VQA example takes once packed
+    by `preprocessor` (start token, image span, every turn with its `<eos>`), over all
+    FashionScenes questions and answers: what `sequence_length + 1` must hold."""
+    from vishwam_keras.models.tokenizer import START_OF_IMAGE_TOKEN
+
+    tokenizer = preprocessor.tokenizer
+
+    def longest(prefix):
+        return max(len(np.asarray(tokenizer(prefix + q + VQA_PROMPT_SUFFIX))) for q in fashion_scenes.QUESTIONS)
+
+    expansion = preprocessor.image_expansion if preprocessor.image_converter is not None else ""
+    first = longest(VQA_PROMPT_PREFIX.replace(START_OF_IMAGE_TOKEN, expansion))
+    follow_up = longest(FOLLOW_UP_PREFIX)
+    answer = max(len(np.asarray(tokenizer(" " + a))) for a in fashion_scenes.ANSWERS)
+    end = int(preprocessor.add_end_token)
+    return (
+        int(preprocessor.add_start_token) + first + (questions_per_example - 1) * follow_up
+        + questions_per_example * (answer + end)
+    )
+
+
 def _multi_question_examples(pool, indices, qa, seed, repeat, shuffle, turns):
     """One example per scene with `turns` of its questions (see `vqa_examples`)."""
     splits = np.searchsorted(qa[:, 0], np.arange(len(indices) + 1)).astype(np.int64)
@@ -313,8 +340,7 @@ def _multi_question_examples(pool, indices, qa, seed, repeat, shuffle, turns):
         )
     pool, indices, qa = tf.constant(pool), tf.constant(indices), tf.constant(qa)
     splits = tf.constant(splits)
-    questions = tf.constant(fashion_scenes.QUESTIONS)
-    answers = tf.constant([" " + answer for answer in fashion_scenes.ANSWERS])
+    questions, answers = _qa_strings()
     first = tf.constant([True] + [False] * (turns - 1))
     seed_value = tf.constant(int(seed), tf.int64)
 
@@ -346,7 +372,10 @@ def _multi_question_examples(pool, indices, qa, seed, repeat, shuffle, turns):
 def as_turns(examples, turns):
     """Single-turn examples -> `turns`-turn ones (`prompts` / `responses` of shape
     `(turns,)`, the rest `""`), so they mix with multi-question VQA examples."""
-    padding = tf.constant([""] * (turns - 1))
+    turns = check_questions_per_example(turns)
+    if turns == 1:
+        return examples
+    padding = tf.constant([""] * (turns - 1), tf.string)
 
     def widen(example):
         example = dict(example)

@@ -227,7 +227,10 @@ class VishwamCausalLMPreprocessor(NamedPresetMixin, CausalLMPreprocessor):
         ids = self.tokenizer(strings)
         if isinstance(ids, tf.RaggedTensor):
             return ids
-        return tf.ragged.constant(ids, dtype="int32", ragged_rank=1, inner_shape=())
+        if isinstance(ids, tf.Tensor):  # a tokenizer with its own `sequence_length`
+            return tf.RaggedTensor.from_tensor(ids, padding=self.tokenizer.pad_token_id)
+        dtype = self.tokenizer.compute_dtype
+        return tf.ragged.constant(ids, dtype=dtype, ragged_rank=1, inner_shape=())
 
     def _pack_turns(self, prompts, responses, length):
         """Multi-turn packing: `(batch, turns)` strings -> `token_ids`, `padding_mask`,
@@ -236,14 +239,17 @@ class VishwamCausalLMPreprocessor(NamedPresetMixin, CausalLMPreprocessor):
         Example i becomes `<bos> p_i0 r_i0 <eos> p_i1 r_i1 <eos> ...`: each turn is its
         prompt, its response and the end token, and only response and end tokens are
         predicted. A turn whose prompt and response are both `""` is left out (padding
-        of examples with fewer turns). What does not fit in `length` is cut from the end.
-        One turn gives exactly the single-turn packing of a short enough example.
+        of examples with fewer turns). What does not fit in `length` is cut from the end,
+        so a cut-off last turn loses its `<eos>` (the single-turn packer trims prompt and
+        response in turn and keeps it); an example that fits packs exactly as single-turn.
         """
-        if responses.shape.rank != 2:
-            raise ValueError(
-                "Multi-turn `prompts` of shape (batch, turns) need `responses` of the same "
-                f"shape. Received: responses of rank {responses.shape.rank}"
-            )
+        message = (
+            "Multi-turn `prompts` of shape (batch, turns) need `responses` of the same "
+            f"shape. Received: prompts {prompts.shape}, responses {responses.shape}"
+        )
+        if responses.shape.rank != 2 or not prompts.shape.is_compatible_with(responses.shape):
+            raise ValueError(message)
+        tf.debugging.assert_equal(tf.shape(prompts), tf.shape(responses), message=message)
         turns = tf.shape(prompts)[1]
         keep = tf.logical_or(prompts != "", responses != "")
         prompt_ids = self._tokenize_ragged(tf.reshape(prompts, [-1]))

@@ -450,6 +450,18 @@ def train_fashion_preset(
     )
     questions_per_example = check_questions_per_example(questions_per_example)
     question_type_repeats = check_question_type_repeats(question_type_repeats) or None
+    if questions_per_example > 1:
+        from vishwam_keras.data.pipelines import turns_length
+        from vishwam_keras.models.factory import create_preprocessor
+
+        preprocessor = create_preprocessor(config_lib.FASHION_TINY_CONFIG, sequence_length)
+        needed = turns_length(preprocessor, questions_per_example)
+        if needed > sequence_length + 1:
+            raise ValueError(
+                f"`questions_per_example={questions_per_example}` needs `sequence_length` >= "
+                f"{needed - 1} (the longest such example packs to {needed} tokens). "
+                f"Received: sequence_length={sequence_length}"
+            )
     output_dir = output_dir or os.path.join(presets_root(), FASHION_PRESET_NAME)
     mixture = dict(FASHION_MIXTURE if mixture is None else mixture)
     stages = default_curriculum(
