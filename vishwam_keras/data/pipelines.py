@@ -23,6 +23,7 @@ import functools
 import numpy as np
 import tensorflow as tf
 
+from vishwam_keras.checks import check_int
 from vishwam_keras.data import fashion_mnist, fashion_scenes
 from vishwam_keras.data.shakespeare import load_shakespeare_works
 
@@ -91,11 +92,6 @@ def _scene_table(split, num_scenes, scene_seed, data_dir):
     ]
     qa = np.asarray(qa, np.int64).reshape(-1, 3)
     return source_images, indices, captions, qa
-
-
-def _check_batch_size(batch_size):
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ValueError(f"`batch_size` must be an int >= 1. Received: batch_size={batch_size!r}")
 
 
 def _num_scenes(split, num_scenes):
@@ -268,17 +264,14 @@ MAX_QUESTIONS_PER_EXAMPLE = 10  # the fewest questions a scene has
 
 
 def check_questions_per_example(questions_per_example):
-    if (
-        isinstance(questions_per_example, bool)
-        or not isinstance(questions_per_example, (int, np.integer))
-        or not 1 <= questions_per_example <= MAX_QUESTIONS_PER_EXAMPLE
-    ):
+    questions_per_example = check_int("questions_per_example", questions_per_example)
+    if questions_per_example > MAX_QUESTIONS_PER_EXAMPLE:
         raise ValueError(
             f"`questions_per_example` must be an int from 1 to {MAX_QUESTIONS_PER_EXAMPLE} "
             "(every scene has at least that many questions). "
             f"Received: questions_per_example={questions_per_example!r}"
         )
-    return int(questions_per_example)
+    return questions_per_example
 
 
 def check_question_type_repeats(question_type_repeats):
@@ -291,13 +284,12 @@ def check_question_type_repeats(question_type_repeats):
             f"Received: question_type_repeats={question_type_repeats!r}"
         )
     for kind, count in question_type_repeats.items():
-        if kind not in fashion_scenes.QUESTION_TYPES or isinstance(count, bool) or not isinstance(
-            count, (int, np.integer)
-        ) or count < 0:
+        if kind not in fashion_scenes.QUESTION_TYPES:
             raise ValueError(
                 f"`question_type_repeats` must map question types {fashion_scenes.QUESTION_TYPES} "
                 f"to ints >= 0. Received: question_type_repeats={question_type_repeats!r}"
             )
+        check_int(f"question_type_repeats[{kind!r}]", count, minimum=0)
     if question_type_repeats and not any(
         question_type_repeats.get(kind, 1) for kind in fashion_scenes.QUESTION_TYPES
     ):
@@ -444,7 +436,7 @@ def text_stage_dataset(
     >>> batch["images"].shape
     TensorShape([2, 1, 56, 56, 1])
     """
-    _check_batch_size(batch_size)
+    check_int("batch_size", batch_size)
     examples = text_examples(split, sequence_chars, seed, repeat, image_slots)
     return _finish(examples, batch_size, drop_remainder)
 
@@ -476,7 +468,7 @@ def alignment_stage_dataset(
         `responses` `" a sneaker and ..."`, `images` uint8 `(batch, 1, 56, 56, 1)`,
         `image_mask` int32 `(batch, 1)` of ones.
     """
-    _check_batch_size(batch_size)
+    check_int("batch_size", batch_size)
     examples = caption_examples(split, num_scenes, seed, repeat, scene_seed, data_dir)
     return _finish(examples, batch_size, drop_remainder)
 
@@ -517,7 +509,7 @@ def multimodal_stage_dataset(
         A `tf.data.Dataset` of dicts shaped as in `alignment_stage_dataset`. Without
         `repeat` it ends when the first drawn source runs out.
     """
-    _check_batch_size(batch_size)
+    check_int("batch_size", batch_size)
     turns = check_questions_per_example(questions_per_example)
     check_question_type_repeats(question_type_repeats)
     mixture = dict(DEFAULT_MIXTURE if mixture is None else mixture)

@@ -4,10 +4,11 @@
 """
 
 import math
-import numbers
 
 import keras
 from keras import ops
+
+from vishwam_keras.checks import check_float
 
 LANGUAGE_MODELING = "language_modeling"
 CONTRASTIVE = "contrastive"
@@ -255,15 +256,7 @@ def _check_loss_factors(argument, factors, loss_names=None):
             f"`{argument}` has names outside loss_names={loss_names}: {unknown}. "
             f"Received: {argument}={factors!r}"
         )
-    for name, value in factors.items():
-        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (
-            math.isfinite(value) and value >= 0
-        ):
-            raise ValueError(
-                f"`{argument}` must map names to finite floats >= 0. Received: "
-                f"{argument}[{name!r}]={value!r}"
-            )
-    return {name: float(value) for name, value in factors.items()}
+    return {name: check_float(f"{argument}[{name!r}]", value) for name, value in factors.items()}
 
 
 @keras.saving.register_keras_serializable(package="vishwam_keras")

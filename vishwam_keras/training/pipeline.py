@@ -425,8 +425,7 @@ def train_fashion_preset(
     `finetuning_learning_rate` is the fine-tuning stage's peak learning rate (`None`, the
     default: the config's 2e-3, as the other stages; 1e-3 won at 2500 steps and lost at
     5000, see `benchmarks/fashion_training/README.md`). `questions_per_example` (questions
-    per VQA example; `sequence_length` must leave room
-    for them) and `question_type_repeats` (how often each type's questions come up) shape
+    per VQA example; `sequence_length` must leave room for them) and `question_type_repeats` (how often each type's questions come up) shape
     the fine-tuning stage's VQA data (`pipelines.multimodal_stage_dataset`).
 
     Returns:
@@ -437,12 +436,13 @@ def train_fashion_preset(
 
     from vishwam_keras.models.presets import presets_root
 
-    from vishwam_keras.data.pipelines import stage_datasets
-
     from vishwam_keras.data.pipelines import (
         check_question_type_repeats,
         check_questions_per_example,
+        stage_datasets,
+        turns_length,
     )
+    from vishwam_keras.models.factory import create_preprocessor
 
     alignment_contrastive_scale = check_float("alignment_contrastive_scale", alignment_contrastive_scale)
     finetuning_learning_rate = check_float(
@@ -451,9 +451,6 @@ def train_fashion_preset(
     questions_per_example = check_questions_per_example(questions_per_example)
     question_type_repeats = check_question_type_repeats(question_type_repeats) or None
     if questions_per_example > 1:
-        from vishwam_keras.data.pipelines import turns_length
-        from vishwam_keras.models.factory import create_preprocessor
-
         preprocessor = create_preprocessor(config_lib.FASHION_TINY_CONFIG, sequence_length)
         needed = turns_length(preprocessor, questions_per_example)
         if needed > sequence_length + 1:
