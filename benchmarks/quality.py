@@ -102,10 +102,22 @@ def preset_training_record(preset):
 
 
 def preset_training_settings(training):
-    """`AdvancedTrainingConfig` fields from a `preset_training_record`."""
+    """`AdvancedTrainingConfig` fields from a `preset_training_record`.
+
+    Stages whose language-model term is 0 (`train_fashion_preset`'s `retrieval_alignment`,
+    which trains only the contrastive heads) are left out: the baseline has no contrastive
+    heads, so it trains for the steps that train the language model, on their data.
+    """
+    from vishwam_keras.training.curriculum import CurriculumStage
+    from vishwam_keras.training.losses import LANGUAGE_MODELING
+
     settings = {key: training[key] for key in SHARED_TRAINING_FIELDS if key in training}
-    if training.get("stages"):
-        settings["curriculum_stages"] = list(training["stages"])
+    stages = [
+        stage for stage in map(CurriculumStage.from_dict, training.get("stages") or [])
+        if (stage.loss_scales or {}).get(LANGUAGE_MODELING, 1.0) > 0
+    ]
+    if stages:
+        settings["curriculum_stages"] = stages
     return settings
 
 

@@ -35,6 +35,9 @@ def test_shipped_preset_reaches_its_recorded_test_scores():
         )
     assert abs(vqa["accuracy"] - recorded["vqa_accuracy"]) <= TOLERANCE, (vqa["accuracy"], recorded)
     assert abs(captions["bleu4"] - recorded["caption_bleu4"]) <= TOLERANCE, (captions["bleu4"], recorded)
+    retrieval = evaluation.evaluate_retrieval(model, "test", num_scenes=NUM_SCENES, verbose=False)
+    recall = retrieval["image_to_text"]["R@10"]
+    assert abs(recall - recorded["image_to_text_recall_at_10"]) <= TOLERANCE, (recall, recorded)
 
 
 @pytest.mark.slow

@@ -1,6 +1,8 @@
 """benchmarks/quality.py's bookkeeping: the verdicts against the targets and the baseline's
 data mixture (the scores themselves come from `vishwam_keras.evaluation`, tested there)."""
 
+import dataclasses
+
 import pytest
 
 from benchmarks import quality
@@ -55,3 +57,15 @@ def test_a_preset_without_metadata_gets_the_training_scripts_own_defaults(tmp_pa
     expected = {key: defaults[key].default for key in quality.VQA_DATA_FIELDS}
     assert quality.preset_vqa_data(training) == {k: v for k, v in expected.items() if v is not None}
     assert quality.preset_vqa_data({"total_steps": 10}) == {}
+
+
+def test_baseline_leaves_out_stages_that_train_only_the_contrastive_heads():
+    stages = [dataclasses.asdict(s) for s in default_curriculum(1000, fractions=(0.1, 0.2, 0.7))]
+    heads = {"name": "retrieval_alignment", "steps": 600, "modalities": ["text", "vision"],
+             "trainable": ["contrastive*"], "data_mixture": {"image_text": 1.0},
+             "loss_scales": {"language_modeling": 0.0}}
+    training = {"total_steps": 1000, "batch_size": 16, "seed": 0, "stages": stages + [heads]}
+    config = quality.baseline_training_config(training)
+    assert [s.name for s in config.stages()] == ["all"] and config.stages()[0].steps == 1000
+    mixture = quality.curriculum_mixture(config, {"caption": 0.4, "vqa": 0.6})
+    assert mixture == pytest.approx({"text": 0.1, "caption": 0.2 + 0.7 * 0.4, "vqa": 0.7 * 0.6})

@@ -11,6 +11,7 @@ from vishwam_keras.training import checkpointing
 from vishwam_keras.training.pipeline import (
     MEDIUM_MODEL_TRAINING_CONFIG,
     AdvancedTrainingConfig,
+    export_without_optimizer,
     main_training_pipeline,
 )
 
@@ -135,6 +136,9 @@ def test_bad_configs_fail_before_training(kwargs, match):
         (dict(finetuning_learning_rate=0.0), "finetuning_learning_rate"),
         (dict(question_type_repeats={"exists": 1.5}), "question_type_repeats"),
         (dict(questions_per_example=3), "sequence_length"),  # 3 questions need ~88 tokens
+        (dict(retrieval_steps=-1), "retrieval_steps"),
+        (dict(finetuning_contrastive_scale=-1.0), "finetuning_contrastive_scale"),
+        (dict(retrieval_learning_rate=0.0), "retrieval_learning_rate"),
     ],
 )
 def test_train_fashion_preset_checks_its_arguments_first(kwargs, match, monkeypatch):
@@ -148,6 +152,49 @@ def test_train_fashion_preset_checks_its_arguments_first(kwargs, match, monkeypa
     monkeypatch.setattr(pipeline, "main_training_pipeline", reached)
     with pytest.raises(ValueError, match=match):
         pipeline.train_fashion_preset(total_steps=3, **kwargs)
+
+
+def test_train_fashion_preset_ends_with_a_heads_only_retrieval_stage(monkeypatch):
+    from vishwam_keras.data import pipelines
+    from vishwam_keras.training import pipeline
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def capture(datasets, config=None, verbose=None):
+        seen["datasets"], seen["stages"] = datasets, config.stages()
+        raise Stop
+
+    monkeypatch.setattr(pipelines, "stage_datasets", lambda *a, **k: {name: name for name in pipelines.STAGE_NAMES})
+    monkeypatch.setattr(pipelines, "alignment_stage_dataset", lambda *a, **k: ("captions", k.get("seed")))
+    monkeypatch.setattr(pipeline, "main_training_pipeline", capture)
+    with pytest.raises(Stop):
+        pipeline.train_fashion_preset(total_steps=100, retrieval_steps=70, retrieval_learning_rate=5e-4, seed=3)
+    stages = seen["stages"]
+    assert [s.name for s in stages] == [*pipelines.STAGE_NAMES, "retrieval_alignment"]
+    assert sum(s.steps for s in stages[:3]) == 100
+    last = stages[-1]
+    assert (last.steps, last.learning_rate, last.trainable) == (70, 5e-4, ["contrastive*"])
+    assert last.loss_scales == {"language_modeling": 0.0}
+    assert seen["datasets"]["retrieval_alignment"] == ("captions", 4)  # another draw than alignment's
+    with pytest.raises(Stop):
+        pipeline.train_fashion_preset(total_steps=100, retrieval_steps=0)
+    assert [s.name for s in seen["stages"]] == list(pipelines.STAGE_NAMES)
+
+
+def test_export_without_optimizer_saves_every_layer_trainable(tmp_path):
+    from conftest import tiny_vision_backbone
+    from vishwam_keras.training.curriculum import CurriculumStage, apply_stage
+
+    lm = VishwamCausalLM(tiny_vision_backbone())
+    total = len(lm.trainable_weights)
+    apply_stage(lm, CurriculumStage("heads", 1, trainable=["contrastive*"]))
+    assert len(lm.trainable_weights) < total
+    exported = export_without_optimizer(lm)
+    assert exported.backbone.trainable and len(exported.trainable_weights) == total
+    assert exported.contrastive_pooling == "tokens"
 
 
 def _text_lines():

@@ -18,7 +18,7 @@ class ImageEmbedding(keras.layers.Layer):
     Returns:
         `(vision_tokens (B, M * N, d), vision_mask (B, M * N), pooled_image (B, d),
         image_present (B,))`. With `M == 0` (a text-only batch) the encoder does not run
-        and a single masked zero token stands in, so downstream shapes stay valid.
+        and one image's worth of masked zero tokens stands in, so downstream shapes stay valid.
     """
 
     def __init__(self, vision_encoder, **kwargs):
@@ -35,8 +35,8 @@ class ImageEmbedding(keras.layers.Layer):
         tokens_per_image, width = encoder.num_output_tokens, encoder.output_dim
         batch, num_images = ops.shape(images)[0], images.shape[1]
         if num_images == 0:
-            zeros = ops.zeros((batch, 1, width), dtype=self.compute_dtype)
-            absent = ops.zeros((batch, 1), dtype="bool")
+            zeros = ops.zeros((batch, tokens_per_image, width), dtype=self.compute_dtype)
+            absent = ops.zeros((batch, tokens_per_image), dtype="bool")
             return zeros, absent, zeros[:, 0], ops.zeros((batch,), dtype="bool")
         tokens = encoder(images, training=training)  # (B, M, N, d)
         tokens = ops.reshape(tokens, (batch, -1, width))

@@ -76,7 +76,10 @@ class VishwamBackbone(NamedPresetMixin, Backbone):
     Tokens are embedded and scaled by `sqrt(hidden_dim)`, run through `num_layers`
     `DecoderBlock`s (local layers attend within `sliding_window_size`, global layers to
     the whole prefix) and a final RMSNorm. The output is the final hidden state; the
-    tied `token_embedding` turns it into logits in `VishwamCausalLM`.
+    tied `token_embedding` turns it into logits in `VishwamCausalLM`. With a vision
+    encoder the output is a dict: `sequence_output`, `image_embedding` (the mean vision
+    token per row), `image_present`, and `vision_tokens` / `vision_mask` (every image's
+    tokens in order, for heads that need to know where things are).
 
     Args:
         vocabulary_size: int. Size of the token vocabulary.
@@ -293,6 +296,8 @@ class VishwamBackbone(NamedPresetMixin, Backbone):
                 "sequence_output": self.decode(inputs, vision=vision),
                 "image_embedding": vision[2],
                 "image_present": vision[3],
+                "vision_tokens": vision[0],
+                "vision_mask": vision[1],
             }
         super().__init__(
             inputs=inputs,

@@ -17,6 +17,7 @@ from vishwam_keras.models.preprocessor import VishwamCausalLMPreprocessor
 from vishwam_keras.models.presets import NamedPresetMixin
 from vishwam_keras.training.losses import (
     CONTRASTIVE,
+    CONTRASTIVE_POOLINGS,
     LANGUAGE_MODELING,
     ContrastiveAlignment,
     MultimodalLoss,
@@ -90,6 +91,10 @@ class VishwamCausalLM(NamedPresetMixin, CausalLM):
             (the default) is about `-log(batch_size - 1)` at its batch of 32k, the log odds
             of a matching pair; small batches learn faster starting from their own value
             (`-2.7` at batch 16).
+        contrastive_pooling: `"tokens"` or `"mean"`, the contrastive towers' head (see
+            `ContrastiveAlignment`). `"tokens"` (the default) flattens each image's vision
+            tokens in order, so the image embedding knows where each thing is; `"mean"`
+            averages them (a bag of contents; models saved before this option load with it).
 
     Example:
     >>> backbone = VishwamBackbone(vocabulary_size=100, num_layers=2, num_query_heads=4,
@@ -112,11 +117,17 @@ class VishwamCausalLM(NamedPresetMixin, CausalLM):
         use_contrastive_loss=True,
         loss_weighting="uncertainty",
         contrastive_initial_bias=-10.0,
+        contrastive_pooling="tokens",
         **kwargs,
     ):
         contrastive_initial_bias = check_float(
             "contrastive_initial_bias", contrastive_initial_bias, minimum=None
         )
+        if contrastive_pooling not in CONTRASTIVE_POOLINGS:
+            raise ValueError(
+                f"`contrastive_pooling` must be one of {CONTRASTIVE_POOLINGS}. "
+                f"Received: contrastive_pooling={contrastive_pooling!r}"
+            )
         # === Layers ===
         self.backbone = backbone
         self.preprocessor = preprocessor
@@ -127,7 +138,9 @@ class VishwamCausalLM(NamedPresetMixin, CausalLM):
             image_token_ids = [backbone.image_token_id, *IMAGE_MARKER_TOKEN_IDS]
             self.contrastive_alignment = ContrastiveAlignment(
                 backbone.hidden_dim, image_token_ids, text_encoder=self._encode_text_only,
-                initial_bias=contrastive_initial_bias, name="contrastive_alignment",
+                initial_bias=contrastive_initial_bias, pooling=contrastive_pooling,
+                tokens_per_image=backbone.vision_encoder.num_output_tokens,
+                name="contrastive_alignment",
             )
             self.multimodal_loss = MultimodalLoss(weighting=loss_weighting, name="multimodal_loss")
             self.multimodal_loss.build()
@@ -141,13 +154,15 @@ class VishwamCausalLM(NamedPresetMixin, CausalLM):
         logits = keras.layers.Activation("linear", dtype="float32", name="logits")(logits)
         if multimodal:
             logits = self.contrastive_alignment(
-                logits, outputs["image_embedding"], outputs["image_present"],
+                logits, outputs["vision_tokens"], outputs["vision_mask"],
+                outputs["image_embedding"], outputs["image_present"],
                 inputs["token_ids"], inputs["padding_mask"],
             )
         super().__init__(inputs=inputs, outputs=logits, **kwargs)
         self.use_contrastive_loss = use_contrastive_loss
         self.loss_weighting = loss_weighting
         self.contrastive_initial_bias = contrastive_initial_bias
+        self.contrastive_pooling = contrastive_pooling
         self._generate_functions = {}
 
     def _encode_text_only(self, token_ids, padding_mask):
@@ -162,7 +177,7 @@ class VishwamCausalLM(NamedPresetMixin, CausalLM):
              "image_mask": image_mask}
         )
         vision = self.backbone.encode_images(inputs["images"], inputs["image_mask"])
-        return self.contrastive_alignment.embed_image(vision[2])
+        return self.contrastive_alignment.embed_image(vision[0], vision[1], vision[2])
 
     def embed_texts(self, token_ids, padding_mask):
         """Contrastive text embeddings `(batch, hidden_dim)` from a text-only pass."""
@@ -197,9 +212,17 @@ class VishwamCausalLM(NamedPresetMixin, CausalLM):
                 "use_contrastive_loss": self.use_contrastive_loss,
                 "loss_weighting": self.loss_weighting,
                 "contrastive_initial_bias": self.contrastive_initial_bias,
+                "contrastive_pooling": self.contrastive_pooling,
             }
         )
         return config
+
+    @classmethod
+    def from_config(cls, config):
+        # A config saved before `contrastive_pooling` existed has the mean-pooled head.
+        config = dict(config)
+        config.setdefault("contrastive_pooling", "mean")
+        return super().from_config(config)
 
     def __call__(self, inputs=None, *args, input_ids=None, images=None, **kwargs):
         """Also callable as `model(input_ids=..., images=...)` (the seed design's form)."""

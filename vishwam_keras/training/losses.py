@@ -598,18 +598,106 @@ class MultimodalLossMixin:
         return config
 
 
+CONTRASTIVE_POOLINGS = ("tokens", "mean")
+# The token head keeps at most this many tokens per image side (a 16 x 16 grid is averaged
+# to 4 x 4), so its projection stays `16 * width * hidden_dim` at any vision resolution.
+CONTRASTIVE_GRID_SIDE = 4
+
+
+def contrastive_grid(tokens_per_image):
+    """`(side, factor)`: a square token grid's side and the average-pooling factor that brings
+    it to at most `CONTRASTIVE_GRID_SIDE` per side; `(None, 1)` for a count that is no square."""
+    side = math.isqrt(tokens_per_image)
+    if side * side != tokens_per_image:
+        return None, 1
+    factor = 1
+    while side // factor > CONTRASTIVE_GRID_SIDE and side % (factor * 2) == 0:
+        factor *= 2
+    return side, factor
+
+
+@keras.saving.register_keras_serializable(package="vishwam_keras")
+class FeatureStandardization(keras.layers.Layer):
+    """`(x - mean) / sqrt(variance + epsilon)` per feature (last axis), with running moments.
+
+    `BatchNormalization(center=False, scale=False)` with a `row_mask`: in training the
+    moments come from the rows where `row_mask` is True and update the running ones; a batch
+    with no such row leaves them as they are (and is standardised by them) instead of
+    dividing by zero. At inference the running moments are used.
+    """
+
+    def __init__(self, momentum=0.99, epsilon=1e-3, **kwargs):
+        super().__init__(**kwargs)
+        self.momentum = check_float("momentum", momentum)
+        self.epsilon = check_float("epsilon", epsilon, strict=True)
+
+    def build(self, input_shape):
+        dim = input_shape[-1]
+        self.moving_mean = self.add_weight(
+            shape=(dim,), initializer="zeros", trainable=False, name="moving_mean"
+        )
+        self.moving_variance = self.add_weight(
+            shape=(dim,), initializer="ones", trainable=False, name="moving_variance"
+        )
+        self.built = True
+
+    def call(self, inputs, row_mask=None, training=None):
+        x = ops.cast(inputs, "float32")
+        mean = ops.convert_to_tensor(self.moving_mean)
+        variance = ops.convert_to_tensor(self.moving_variance)
+        if training:
+            if row_mask is None:
+                weights = ops.ones(ops.shape(x)[:-1] + (1,), "float32")
+            else:
+                weights = ops.cast(row_mask, "float32")[..., None]
+            axes = tuple(range(len(x.shape) - 1))
+            count = ops.sum(weights, axis=axes)  # (1,)
+            safe = ops.maximum(count, 1.0)
+            batch_mean = ops.sum(x * weights, axis=axes) / safe
+            batch_variance = ops.sum(ops.square(x - batch_mean) * weights, axis=axes) / safe
+            seen = count > 0
+            m = self.momentum
+            self.moving_mean.assign(
+                ops.where(seen, m * mean + (1.0 - m) * ops.stop_gradient(batch_mean), mean)
+            )
+            self.moving_variance.assign(
+                ops.where(seen, m * variance + (1.0 - m) * ops.stop_gradient(batch_variance), variance)
+            )
+            mean = ops.where(seen, batch_mean, mean)
+            variance = ops.where(seen, batch_variance, variance)
+        outputs = (x - mean) * ops.rsqrt(variance + self.epsilon)
+        return ops.cast(outputs, self.compute_dtype)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"momentum": self.momentum, "epsilon": self.epsilon})
+        return config
+
+
 @keras.saving.register_keras_serializable(package="vishwam_keras")
 class ContrastiveAlignment(keras.layers.Layer):
-    """Pass-through layer that adds the SigLIP loss between pooled image and text in training.
+    """Pass-through layer that adds the SigLIP loss between image and text towers in training.
 
     Sits after the logits in `VishwamCausalLM`'s graph and returns them unchanged. In
     training, for rows with an image, it embeds the text with a text-only pass of the
     decoder (images removed, so the text tower never sees the image it is matched with,
     as in SigLIP's two towers; this costs one extra decoder pass on image batches),
-    projects the pooled text and image vectors and adds
+    projects the text and image vectors and adds
     `SigmoidContrastiveLoss(image, text, present)` with `add_loss`; the model's
     `compute_loss` combines it with the language-model loss through `MultimodalLoss`.
     Text-only batches add nothing, and inference never runs the extra pass.
+
+    Two heads (`pooling`):
+    - `"tokens"`: each image's vision tokens, in order, are flattened into one vector (a
+      square grid larger than 4 x 4 is first averaged down to 4 x 4), so *where* an item
+      is survives into the embedding; images of a row are averaged after the projection.
+      Both towers' vectors are standardised per feature (`FeatureStandardization`) before
+      their projection. A scene of the same items in other places is a different image.
+    - `"mean"`: the mean of the vision tokens and of the text states, projected (a bag of
+      what is in the image, with no positions; the head of models saved before `"tokens"`).
 
     Args:
         hidden_dim: int. Width of the pooled vectors and projections.
@@ -618,18 +706,35 @@ class ContrastiveAlignment(keras.layers.Layer):
         text_encoder: callable `(token_ids, padding_mask) -> hidden states`, set by the
             model (not serialised).
         initial_temperature, initial_bias: SigLIP initialisation. Defaults to 10 and -10.
+        pooling: `"tokens"` or `"mean"`. Defaults to `"mean"` (a layer config without the
+            key is an old one); `VishwamCausalLM` builds `"tokens"` heads.
+        tokens_per_image: int. Vision tokens per image; needed for `"tokens"`.
     """
 
     def __init__(
         self, hidden_dim, image_token_ids, text_encoder=None, initial_temperature=10.0,
-        initial_bias=-10.0, **kwargs,
+        initial_bias=-10.0, pooling="mean", tokens_per_image=None, **kwargs,
     ):
         super().__init__(**kwargs)
+        if pooling not in CONTRASTIVE_POOLINGS:
+            raise ValueError(
+                f"`pooling` must be one of {CONTRASTIVE_POOLINGS}. Received: pooling={pooling!r}"
+            )
+        if pooling == "tokens" and (
+            isinstance(tokens_per_image, bool) or not isinstance(tokens_per_image, int)
+            or tokens_per_image < 1
+        ):
+            raise ValueError(
+                '`tokens_per_image` must be an int >= 1 for pooling="tokens". Received: '
+                f"tokens_per_image={tokens_per_image!r}"
+            )
         self.hidden_dim = hidden_dim
         self.image_token_ids = list(image_token_ids)
         self._text_encoder = text_encoder
         self.initial_temperature = initial_temperature
         self.initial_bias = initial_bias
+        self.pooling = pooling
+        self.tokens_per_image = tokens_per_image
         self.head = SigmoidContrastiveLoss(initial_temperature, initial_bias, name="head")
         self.text_projection = keras.layers.Dense(
             hidden_dim, use_bias=False, name="text_projection", dtype=self.dtype_policy
@@ -637,30 +742,78 @@ class ContrastiveAlignment(keras.layers.Layer):
         self.image_projection = keras.layers.Dense(
             hidden_dim, use_bias=False, name="image_projection", dtype=self.dtype_policy
         )
+        if pooling == "tokens":
+            side, factor = contrastive_grid(tokens_per_image)
+            self._grid = (side, factor)
+            kept = tokens_per_image if side is None else (side // factor) ** 2
+            self._image_features = kept * hidden_dim
+            self.image_norm = FeatureStandardization(name="image_norm", dtype=self.dtype_policy)
+            self.text_norm = FeatureStandardization(name="text_norm", dtype=self.dtype_policy)
+        else:
+            self._image_features = hidden_dim
 
     def build(self, logits_shape, *shapes):
         self.head.build()
         self.text_projection.build((None, self.hidden_dim))
-        self.image_projection.build((None, self.hidden_dim))
+        self.image_projection.build((None, self._image_features))
+        if self.pooling == "tokens":
+            self.text_norm.build((None, self.hidden_dim))
+            self.image_norm.build((None, None, self._image_features))
         self.built = True
 
-    def embed_text(self, token_ids, padding_mask):
-        """Projected text embeddings `(batch, hidden_dim)` from a text-only decoder pass."""
+    def embed_text(self, token_ids, padding_mask, present=None, training=None):
+        """Projected text embeddings `(batch, hidden_dim)` from a text-only decoder pass.
+
+        `present` (bool `(batch,)`, rows that are paired with an image) picks the rows
+        whose statistics train the `"tokens"` head's standardisation.
+        """
         hidden = self._text_encoder(token_ids, padding_mask)
         keep = ops.cast(padding_mask, "bool")
         for token_id in self.image_token_ids:
             keep = ops.logical_and(keep, ops.not_equal(token_ids, token_id))
         weights = ops.cast(keep, hidden.dtype)[:, :, None]
         pooled = ops.sum(hidden * weights, axis=1) / ops.maximum(ops.sum(weights, axis=1), 1.0)
+        if self.pooling == "tokens":
+            pooled = self.text_norm(pooled, row_mask=present, training=training)
         return self.text_projection(pooled)
 
-    def embed_image(self, image_embedding):
-        return self.image_projection(image_embedding)
+    def embed_image(self, vision_tokens, vision_mask=None, pooled_image=None, training=None):
+        """Projected image embeddings `(batch, hidden_dim)`.
 
-    def call(self, logits, image_embedding, image_present, token_ids, padding_mask, training=None):
+        Args:
+            vision_tokens: `(batch, num_images * tokens_per_image, width)` from the backbone
+                (`"vision_tokens"`), or for `"mean"` the pooled `(batch, width)` vector.
+            vision_mask: bool `(batch, num_images * tokens_per_image)`; `"tokens"` only.
+            pooled_image: `(batch, width)`, the mean of the tokens; used by `"mean"`.
+        """
+        if self.pooling == "mean":
+            return self.image_projection(vision_tokens if pooled_image is None else pooled_image)
+        n, width = self.tokens_per_image, self.hidden_dim
+        batch = ops.shape(vision_tokens)[0]
+        side, factor = self._grid
+        if factor > 1:
+            grid = ops.reshape(vision_tokens, (-1, side, side, width))
+            grid = ops.average_pool(grid, factor, factor, padding="valid", data_format="channels_last")
+            vision_tokens = ops.reshape(grid, (batch, -1, width))
+            n = (side // factor) ** 2
+        per_image = ops.reshape(vision_tokens, (batch, -1, n * width))
+        if vision_mask is None:
+            image_mask = ops.ones(ops.shape(per_image)[:2], "bool")
+        else:
+            image_mask = ops.cast(vision_mask, "bool")[:, :: self.tokens_per_image]
+        per_image = self.image_norm(per_image, row_mask=image_mask, training=training)
+        projected = self.image_projection(per_image)
+        weights = ops.cast(image_mask, projected.dtype)[:, :, None]
+        return ops.sum(projected * weights, axis=1) / ops.maximum(ops.sum(weights, axis=1), 1.0)
+
+    def call(
+        self, logits, vision_tokens, vision_mask, pooled_image, image_present, token_ids,
+        padding_mask, training=None,
+    ):
         if training and image_present.shape[-1] != 0:
-            text = self.embed_text(token_ids, padding_mask)
-            self.add_loss(self.head(self.embed_image(image_embedding), text, present=image_present))
+            text = self.embed_text(token_ids, padding_mask, present=image_present, training=training)
+            image = self.embed_image(vision_tokens, vision_mask, pooled_image, training=training)
+            self.add_loss(self.head(image, text, present=image_present))
         return logits
 
     def compute_output_shape(self, logits_shape, *shapes):
@@ -674,6 +827,8 @@ class ContrastiveAlignment(keras.layers.Layer):
                 "image_token_ids": self.image_token_ids,
                 "initial_temperature": self.initial_temperature,
                 "initial_bias": self.initial_bias,
+                "pooling": self.pooling,
+                "tokens_per_image": self.tokens_per_image,
             }
         )
         return config

@@ -19,14 +19,16 @@ from vishwam_keras.checks import check_float, check_int
 from vishwam_keras.models.presets import resolve_preset
 from vishwam_keras.training import checkpointing
 from vishwam_keras.training.curriculum import (
+    CONTRASTIVE_PATTERNS,
     CurriculumStage,
+    _set_trainable,
     apply_stage,
     as_stages,
     default_curriculum,
     rebuild_optimizer,
     run_curriculum,
 )
-from vishwam_keras.training.losses import WEIGHTINGS
+from vishwam_keras.training.losses import LANGUAGE_MODELING, WEIGHTINGS
 from vishwam_keras.training.schedules import AdaptiveLearningRateSchedule
 
 
@@ -385,16 +387,25 @@ FASHION_PRESET_NAME = "vishwam_tiny_fashion"
 # The fine-tuning stage's data for the shipped preset: captions name all four items of a
 # scene, so they teach the vision encoder faster than one-word answers do.
 FASHION_MIXTURE = {"caption": 0.4, "vqa": 0.6}
+# `train_fashion_preset`'s fourth stage: the contrastive heads alone, on caption pairs.
+RETRIEVAL_STAGE = "retrieval_alignment"
 
 
 def export_without_optimizer(model):
-    """An uncompiled copy sharing `model`'s weights, so a preset carries no optimizer state."""
+    """An uncompiled copy sharing `model`'s weights, so a preset carries no optimizer state.
+
+    Every layer is made trainable again first: the last curriculum stage may have frozen
+    some (`retrieval_alignment` trains only the contrastive heads), and a saved preset
+    should fine-tune as a whole when loaded.
+    """
     from vishwam_keras.models.causal_lm import VishwamCausalLM
 
+    _set_trainable(model, True)
     copy = VishwamCausalLM(
         model.backbone, preprocessor=model.preprocessor,
         use_contrastive_loss=model.use_contrastive_loss, loss_weighting=model.loss_weighting,
         contrastive_initial_bias=model.contrastive_initial_bias,
+        contrastive_pooling=model.contrastive_pooling,
     )
     for name in ("contrastive_alignment", "multimodal_loss"):
         source, target = getattr(model, name), getattr(copy, name)
@@ -408,7 +419,8 @@ def train_fashion_preset(
     log_dir=None, seed=0, verbose="auto", fractions=(0.05, 0.2, 0.75), mixture=None,
     freeze_language_model_in_alignment=False, loss_weighting="uncertainty",
     alignment_contrastive_scale=10.0, finetuning_learning_rate=None, questions_per_example=1,
-    question_type_repeats=None,
+    question_type_repeats=None, retrieval_steps=3000, retrieval_learning_rate=1e-3,
+    finetuning_contrastive_scale=0.0,
 ):
     """Train `vishwam_tiny_fashion` through the three-stage curriculum and save the preset.
 
@@ -422,11 +434,21 @@ def train_fashion_preset(
     stage's `loss_scales["contrastive"]`: there every pair is a caption and its image, and
     the uncertainty weighting alone gives the SigLIP term a tenth of the language model's
     weight (on the first 1000 test scenes, 10 against 1: VQA 67.3% against 64.0%).
+    `finetuning_contrastive_scale` is the fine-tuning stage's `loss_scales["contrastive"]`
+    (most of its pairs are a question and a one-word answer, a weak match for a scene, and
+    the text tower is the language model itself).
     `finetuning_learning_rate` is the fine-tuning stage's peak learning rate (`None`, the
     default: the config's 2e-3, as the other stages; 1e-3 won at 2500 steps and lost at
     5000, see `benchmarks/fashion_training/README.md`). `questions_per_example` (questions
     per VQA example; `sequence_length` must leave room for them) and `question_type_repeats` (how often each type's questions come up) shape
     the fine-tuning stage's VQA data (`pipelines.multimodal_stage_dataset`).
+    `retrieval_steps` (0 for none) adds a fourth stage, `retrieval_alignment`, after the
+    three: only the contrastive heads train (`CONTRASTIVE_PATTERNS` without the loss
+    weighting; peak learning rate `retrieval_learning_rate`), on caption pairs, with the
+    language-model term at 0. The model is locked, so its answers and captions are those
+    of the three stages; what changes is retrieval, whose head learns on caption pairs
+    only (in fine-tuning most pairs are a question and its one-word answer, a weak match
+    for a scene). `total_steps` counts the three stages.
 
     Returns:
         `(TrainingResult, preset_dir)`.
@@ -437,6 +459,7 @@ def train_fashion_preset(
     from vishwam_keras.models.presets import presets_root
 
     from vishwam_keras.data.pipelines import (
+        alignment_stage_dataset,
         check_question_type_repeats,
         check_questions_per_example,
         stage_datasets,
@@ -445,9 +468,12 @@ def train_fashion_preset(
     from vishwam_keras.models.factory import create_preprocessor
 
     alignment_contrastive_scale = check_float("alignment_contrastive_scale", alignment_contrastive_scale)
+    finetuning_contrastive_scale = check_float("finetuning_contrastive_scale", finetuning_contrastive_scale)
     finetuning_learning_rate = check_float(
         "finetuning_learning_rate", finetuning_learning_rate, strict=True, allow_none=True
     )
+    retrieval_steps = check_int("retrieval_steps", retrieval_steps, 0)
+    retrieval_learning_rate = check_float("retrieval_learning_rate", retrieval_learning_rate, strict=True)
     questions_per_example = check_questions_per_example(questions_per_example)
     question_type_repeats = check_question_type_repeats(question_type_repeats) or None
     if questions_per_example > 1:
@@ -470,6 +496,19 @@ def train_fashion_preset(
         stages[1] = dataclasses.replace(  # `vision_alignment`; replace re-validates the stage
             stages[1], loss_scales={"contrastive": alignment_contrastive_scale}
         )
+    if finetuning_contrastive_scale != 1.0:
+        stages[2] = dataclasses.replace(  # `multimodal_finetuning`
+            stages[2], loss_scales={"contrastive": finetuning_contrastive_scale}
+        )
+    if retrieval_steps:
+        stages.append(
+            CurriculumStage(
+                RETRIEVAL_STAGE, retrieval_steps, modalities=["text", "vision"],
+                trainable=[p for p in CONTRASTIVE_PATTERNS if not p.startswith("multimodal_loss")],
+                data_mixture={"image_text": 1.0}, learning_rate=retrieval_learning_rate,
+                loss_scales={LANGUAGE_MODELING: 0.0},
+            )
+        )
     config = AdvancedTrainingConfig(
         model=config_lib.FASHION_TINY_CONFIG,
         curriculum_stages=stages,
@@ -480,6 +519,8 @@ def train_fashion_preset(
         batch_size, seed=seed, repeat=True, mixture=mixture,
         questions_per_example=questions_per_example, question_type_repeats=question_type_repeats,
     )
+    if retrieval_steps:  # caption pairs, drawn in another order than the alignment stage's
+        datasets[RETRIEVAL_STAGE] = alignment_stage_dataset("train", batch_size, seed=seed + 1, repeat=True)
     start = time.time()
     result = main_training_pipeline(datasets, config=config, verbose=verbose)
     seconds = time.time() - start
@@ -503,7 +544,10 @@ def train_fashion_preset(
                 "question_type_repeats": question_type_repeats,
                 "loss_weighting": loss_weighting,
                 "alignment_contrastive_scale": alignment_contrastive_scale,
+                "finetuning_contrastive_scale": finetuning_contrastive_scale,
                 "finetuning_learning_rate": finetuning_learning_rate,
+                "retrieval_steps": retrieval_steps,
+                "retrieval_learning_rate": retrieval_learning_rate,
                 "train_seconds": round(seconds, 1),
             },
         }
