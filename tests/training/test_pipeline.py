@@ -161,7 +161,7 @@ def test_train_fashion_preset_ends_with_a_heads_only_retrieval_stage(monkeypatch
     seen = {}
 
     class Stop(Exception):
-        pass
+        """Raised where training would start, once the stages and datasets are seen."""
 
     def capture(datasets, config=None, verbose=None):
         seen["datasets"], seen["stages"] = datasets, config.stages()
