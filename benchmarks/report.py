@@ -27,10 +27,13 @@ def save(report, quick=False):
             previous = json.load(file)
     if previous and report["machine"]["date"] != previous["machine"]["date"]:
         # A later partial run (--only) updates its benchmarks and keeps the others.
-        updates = previous.get("updates", []) + [
-            {"date": report["machine"]["date"], "command": report["machine"]["command"],
-             "benchmarks": sorted(report["results"])}
-        ]
+        update = {"date": report["machine"]["date"], "command": report["machine"]["command"],
+                  "benchmarks": sorted(report["results"])}
+        updates = previous.get("updates", [])
+        # `run` saves after every benchmark: one run is one entry, its list growing.
+        same_run = updates and {k: updates[-1][k] for k in ("date", "command")} == {
+            k: update[k] for k in ("date", "command")}
+        updates = updates[:-1] + [update] if same_run else updates + [update]
         report = dict(previous, **report)
         report.update(machine=previous["machine"], updates=updates,
                       results={**previous["results"], **report["results"]})

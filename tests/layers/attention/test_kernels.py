@@ -136,15 +136,20 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("implementation", ["xla", "blockwise"])
+@pytest.mark.parametrize("implementation", ["xla", "blockwise", "torch_sdpa"])
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_forward_matches_reference(case, implementation):
+    if implementation == "torch_sdpa" and BACKEND != "torch":
+        pytest.skip("torch's fused attention runs under the torch backend only")
     qkv_kwargs, kwargs = CASES[case]
     q, k, v = random_qkv(**qkv_kwargs)
     expected = reference_attention(q, k, v, **kwargs)
     extra = dict(block_size_q=4, block_size_kv=8) if implementation == "blockwise" else {}
     out = dot_product_attention(q, k, v, implementation=implementation, **kwargs, **extra)
-    assert kernels.last_attention_implementation() == implementation
+    if implementation == "torch_sdpa" and "logit_soft_cap" in kwargs:
+        assert kernels.last_attention_implementation() != "torch_sdpa"  # no soft cap there
+    else:
+        assert kernels.last_attention_implementation() == implementation
     np.testing.assert_allclose(keras.ops.convert_to_numpy(out), expected, atol=2e-5, rtol=1e-4)
 
 
@@ -161,8 +166,11 @@ def test_blockwise_bfloat16_close_to_reference():
 
 
 def test_automatic_choice_and_record():
+    short = "torch_sdpa" if BACKEND == "torch" else "xla"
     small = np.zeros((1, 16, 2, 8), "float32")
     dot_product_attention(small, small, small)
+    assert kernels.last_attention_implementation() == short
+    dot_product_attention(small, small, small, logit_soft_cap=5.0)
     assert kernels.last_attention_implementation() == "xla"
     long_q, long_k = np.zeros((1, 2048, 1, 8), "float32"), np.zeros((1, 2048, 1, 8), "float32")
     mask = kernels.masks_lib.AttentionMask(None, None, causal=True)
@@ -173,7 +181,7 @@ def test_automatic_choice_and_record():
     q1024 = np.zeros((1, 1024, 1, 8), "float32")
     assert kernels.choose_implementation(q1024, q1024, windowed) == "blockwise"
     decode = np.zeros((1, 1, 1, 8), "float32")
-    assert kernels.choose_implementation(decode, long_k, mask) == "xla"
+    assert kernels.choose_implementation(decode, long_k, mask) == short
 
 
 def test_attention_logging(caplog):
@@ -319,6 +327,9 @@ def test_bad_arguments_raise(shapes, kwargs, match):
 
 def test_forced_kernel_the_device_cannot_run_raises():
     q = np.zeros((1, 4, 2, 8), "float32")
+    if BACKEND != "torch":
+        with pytest.raises(ValueError, match="implementation='torch_sdpa'.*torch backend"):
+            dot_product_attention(q, q, q, implementation="torch_sdpa")
     if BACKEND != "jax":
         with pytest.raises(ValueError, match="implementation='splash'.*JAX backend"):
             dot_product_attention(q, q, q, implementation="splash")

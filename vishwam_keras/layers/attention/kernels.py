@@ -4,7 +4,9 @@ Every attention layer calls `dot_product_attention`; this is the only module (wi
 `distribution.py`) that may look at the backend or the device. Implementations:
 `"xla"` (plain einsum softmax with a dense mask, the reference), `"blockwise"`
 (FlashAttention-2 in `keras.ops`, any backend), `"splash"` (Pallas splash attention, JAX on
-TPU) and `"cudnn"` (cuDNN flash attention through `jax.nn.dot_product_attention`, JAX on GPU).
+TPU), `"cudnn"` (cuDNN flash attention through `jax.nn.dot_product_attention`, JAX on GPU)
+and `"torch_sdpa"` (`torch.nn.functional.scaled_dot_product_attention`, the torch backend's
+fused kernels, chosen there instead of `"xla"` when there is no logit soft cap).
 """
 
 import functools
@@ -21,7 +23,7 @@ from vishwam_keras.layers.attention import masks as masks_lib
 
 logger = logging.getLogger("vishwam_keras.attention")
 
-IMPLEMENTATIONS = ("xla", "blockwise", "splash", "cudnn")
+IMPLEMENTATIONS = ("xla", "blockwise", "splash", "cudnn", "torch_sdpa")
 
 # Automatic choice: block-wise once the T x T scores stop being cheap, or when a sliding
 # window skips most of them; never for short query chunks (decode), where xla is tiny.
@@ -81,6 +83,8 @@ def available_implementations():
     """
     platform = _jax_platform()
     available = ["xla", "blockwise"]
+    if keras.backend.backend() == "torch":
+        available.append("torch_sdpa")
     if platform == "tpu":
         available.append("splash")
     if platform == "gpu":
@@ -106,6 +110,11 @@ def _concrete_numpy(tensor):
 def _check_device(implementation, interpret):
     """Raise if this backend/device cannot run `implementation` at all."""
     backend = keras.backend.backend()
+    if implementation == "torch_sdpa" and backend != "torch":
+        raise ValueError(
+            f"`implementation='torch_sdpa'` needs the torch backend; the backend is "
+            f"{backend!r}. Available here: {available_implementations()}"
+        )
     if implementation in ("splash", "cudnn") and backend != "jax":
         raise ValueError(
             f"`implementation={implementation!r}` needs the JAX backend; the backend is "
@@ -131,6 +140,12 @@ def _check_device(implementation, interpret):
 def blockwise_supported(query, key):
     if static_dim(query.shape[1]) is None or static_dim(key.shape[1]) is None:
         return False, "block-wise needs static sequence lengths"
+    return True, ""
+
+
+def torch_sdpa_supported(*, logit_soft_cap=None):
+    if logit_soft_cap is not None:
+        return False, "torch's scaled_dot_product_attention has no logit soft cap"
     return True, ""
 
 
@@ -215,6 +230,11 @@ def _choose(query, key, mask, value, logit_soft_cap, static_positions):
         logger.debug("cudnn skipped: %s", why)
     if _prefers_blockwise(query, key, mask):
         return "blockwise", "long sequence or short window"
+    if keras.backend.backend() == "torch":
+        ok, why = torch_sdpa_supported(logit_soft_cap=logit_soft_cap)
+        if ok:
+            return "torch_sdpa", "short sequence, torch's fused kernel"
+        logger.debug("torch_sdpa skipped: %s", why)
     return "xla", "short sequence"
 
 
@@ -474,6 +494,25 @@ def cudnn_attention(query, key, value, mask, *, scale=None, jax_implementation="
     )
 
 
+def torch_sdpa_attention(query, key, value, mask, *, scale=None):
+    """`torch.nn.functional.scaled_dot_product_attention` (torch's fused kernels) with the
+    dense mask of `mask`; the torch backend's short-sequence path.
+
+    Shapes as `xla_attention`; key/value heads are shared by query groups (`enable_gqa`).
+    Fully masked query rows return zeros, as every other path.
+    """
+    import torch
+
+    allowed = masks_lib.dense_mask(mask)  # (batch or 1, q_len, kv_len)
+    query, key, value = (ops.transpose(t, (0, 2, 1, 3)) for t in (query, key, value))
+    output = torch.nn.functional.scaled_dot_product_attention(
+        query, key, ops.cast(value, query.dtype), attn_mask=allowed[:, None],
+        scale=scale, enable_gqa=True,
+    )
+    output = ops.where(ops.any(allowed, axis=-1)[:, None, :, None], output, 0.0)
+    return ops.transpose(output, (0, 2, 1, 3))
+
+
 def _resolve(implementation, query, key, value, mask, logit_soft_cap, static_positions, interpret):
     """The implementation that runs, and why; a forced one the mask does not fit falls back."""
     if implementation is None:
@@ -488,6 +527,8 @@ def _resolve(implementation, query, key, value, mask, logit_soft_cap, static_pos
         )
     elif implementation == "blockwise":
         ok, why = blockwise_supported(query, key)
+    elif implementation == "torch_sdpa":
+        ok, why = torch_sdpa_supported(logit_soft_cap=logit_soft_cap)
     else:
         ok, why = True, ""
     if ok:
@@ -619,6 +660,8 @@ def _attend(
         )
     if implementation == "cudnn":
         return cudnn_attention(query, key, value, mask, scale=scale)
+    if implementation == "torch_sdpa":
+        return torch_sdpa_attention(query, key, value, mask, scale=scale)
     return xla_attention(query, key, value, mask, logit_soft_cap=logit_soft_cap, scale=scale)
 
 
