@@ -12,11 +12,12 @@ IMG = 6  # <image_soft_token>
 SOI, EOI = 4, 5
 
 
-def _batch(images_per_row=(1, 2, 0), tokens_per_image=2, length=16):
-    """Token rows with image spans (<soi> IMG*N <eoi>) followed by text."""
+def _batch(images_per_row=(1, 2, 0), tokens_per_image=2, length=16, text_before=None):
+    """Token rows with image spans (<soi> IMG*N <eoi>) followed by text; `text_before`
+    (one count per row) puts that many text tokens before the first image."""
     rows, max_images = [], max(images_per_row)
-    for count in images_per_row:
-        row = [2]
+    for i, count in enumerate(images_per_row):
+        row = [2] + list(np.random.randint(20, 200, text_before[i] if text_before else 0))
         for _ in range(count):
             row += [SOI] + [IMG] * tokens_per_image + [EOI]
         row += list(np.random.randint(20, 200, 3))
@@ -98,6 +99,22 @@ def test_cached_multimodal_generate_equals_full_recomputation(fusion_type):
     for row, length in enumerate(lengths):
         np.testing.assert_array_equal(out[row, :length], x["token_ids"][row, :length])
         np.testing.assert_array_equal(out[row, length:], full[row, length - 1 : 19].argmax(-1))
+
+
+def test_cached_generate_with_text_before_the_image_equals_full_recomputation():
+    # Prompts with text before the image ("Question: ... <start_of_image> Answer:") put
+    # each row's image at another offset; the prefill runs past the shortest prompt to
+    # cover every image, and the rows' later prompt tokens keep their prefilled keys.
+    lm = VishwamCausalLM(tiny_vision_backbone())
+    lm.compile(sampler="greedy")
+    x = _batch((1, 1, 2), length=24, text_before=(5, 1, 3))
+    out = np.asarray(lm.generate(x, stop_token_ids=None)["token_ids"])
+    full = _np(lm(dict(x, token_ids=out, padding_mask=np.ones_like(out))))
+    lengths = x["padding_mask"].sum(-1)
+    assert len(set(lengths.tolist())) == 3
+    for row, length in enumerate(lengths):
+        np.testing.assert_array_equal(out[row, :length], x["token_ids"][row, :length])
+        np.testing.assert_array_equal(out[row, length:], full[row, length - 1 : 23].argmax(-1))
 
 
 def test_keras_and_preset_save_load_with_images(tmp_path):

@@ -239,6 +239,20 @@ def test_run_curriculum_trains_through_stages_and_loss_goes_down():
     assert "token_embedding/embeddings" in _changed(before, _snapshot(model))
 
 
+def test_run_curriculum_says_which_data_each_stage_reads(capsys):
+    model = _compiled(_toy_lm())
+    stages = [
+        CurriculumStage("own", 2, data_mixture={"a": 1.0}),  # its own dataset wins
+        CurriculumStage("mixed", 2, data_mixture={"a": 1.0, "b": 3.0}),
+    ]
+    datasets = {"own": _text_batches(), "a": _text_batches(), "b": _text_batches()}
+    run_curriculum(model, datasets, stages, verbose=1)
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("  data:")]
+    assert lines[0].startswith("  data: the dataset given for 'own' (its data_mixture")
+    assert "is not used" in lines[0]
+    assert lines[1] == "  data: mixture {'a': 1.0, 'b': 3.0} of the datasets of those names"
+
+
 @pytest.mark.slow
 def test_run_curriculum_on_a_text_only_causal_lm():
     from conftest import tiny_backbone_kwargs

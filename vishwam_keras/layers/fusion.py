@@ -11,6 +11,7 @@ from vishwam_keras.checks import check_int
 from vishwam_keras.layers.attention.cross_modal import CrossModalAttention
 from vishwam_keras.layers.feedforward import GatedFeedForward
 from vishwam_keras.layers.normalization import RMSNorm
+from vishwam_keras.ops import masked_mean
 
 
 def _keep_rows(image_present, updated, original):
@@ -19,16 +20,6 @@ def _keep_rows(image_present, updated, original):
         return updated
     image_present = ops.reshape(ops.cast(image_present, "bool"), (-1, 1, 1))
     return ops.where(image_present, updated, original)
-
-
-def masked_mean(tokens, mask=None):
-    """Mean of `tokens (batch, length, dim)` over valid positions; zeros for empty rows."""
-    if mask is None:
-        return ops.mean(tokens, axis=1)
-    weights = ops.cast(mask, tokens.dtype)[:, :, None]
-    total = ops.sum(tokens * weights, axis=1)
-    count = ops.maximum(ops.sum(weights, axis=1), ops.cast(1, tokens.dtype))
-    return total / count
 
 
 @keras.saving.register_keras_serializable(package="vishwam_keras")

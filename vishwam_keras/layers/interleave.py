@@ -8,6 +8,8 @@ tokens over the `<image_soft_token>` placeholders and marks each image's bidirec
 import keras
 from keras import ops
 
+from vishwam_keras.ops import masked_mean
+
 
 class ImageEmbedding(keras.layers.Layer):
     """Images `(batch, num_images, H, W, C)` + `image_mask` -> vision tokens for the decoder.
@@ -44,8 +46,7 @@ class ImageEmbedding(keras.layers.Layer):
         vision_mask = ops.reshape(
             ops.repeat(image_mask[:, :, None], tokens_per_image, axis=2), (batch, -1)
         )
-        weights = ops.cast(vision_mask, tokens.dtype)[:, :, None]
-        pooled = ops.sum(tokens * weights, axis=1) / ops.maximum(ops.sum(weights, axis=1), 1.0)
+        pooled = masked_mean(tokens, vision_mask)
         return tokens, vision_mask, pooled, ops.any(image_mask, axis=1)
 
     def compute_output_shape(self, images_shape, image_mask_shape=None):

@@ -68,7 +68,8 @@ class CurriculumStage:
             (only matching layers train). Defaults to `None`.
         frozen: `None` or a list of patterns frozen in this stage. Defaults to `None`.
         data_mixture: `None` or dict `{source: weight}` of sampling weights, used by
-            `run_curriculum` to mix `datasets[source]`. Defaults to `None`.
+            `run_curriculum` to mix `datasets[source]` when `datasets` has no entry under
+            the stage's own name (a dataset given for the stage wins). Defaults to `None`.
         learning_rate: `None` or float. The stage's peak learning rate (see
             `AdaptiveLearningRateSchedule.from_stages`; a constant learning rate is set to it
             at the stage's start). Defaults to `None`.
@@ -417,8 +418,17 @@ def rebuild_optimizer(model):
     return True
 
 
-def _describe(index, stages, step, plan, model, extra):
+def _describe(index, stages, step, plan, model, extra, mixed=None):
     stage = stages[index]
+    if mixed is None:  # the callback alone: the data is whatever `fit` was given
+        data = f"mixture {stage.data_mixture}" if stage.data_mixture else "as given"
+    elif mixed:
+        data = f"mixture {stage.data_mixture} of the datasets of those names"
+    else:
+        data = f"the dataset given for {stage.name!r}"
+        if stage.data_mixture:
+            data += f" (its data_mixture {stage.data_mixture} is not used: it applies only " \
+                    "to a stage without a dataset of its own)"
     trainable = plan["trainable_variables"]
     frozen_layers = [path for path, _, value in plan["decisions"] if not value]
     shown = ", ".join(frozen_layers[:8]) + (f" (+{len(frozen_layers) - 8} more)" if len(frozen_layers) > 8 else "")
@@ -428,7 +438,7 @@ def _describe(index, stages, step, plan, model, extra):
         f"  trainable: {_num_parameters(trainable):,} of {_num_parameters(model.weights):,} "
         f"parameters ({len(trainable)} variables); trainable patterns: {stage.trainable or 'all'}",
         f"  frozen layers: {shown or 'none'}",
-        f"  data mixture: {stage.data_mixture or 'as given'}",
+        f"  data: {data}",
     ]
     if plan["unmatched"]:
         lines.append(f"  patterns matching no layer: {plan['unmatched']}")
@@ -545,6 +555,8 @@ class CurriculumCallback(keras.callbacks.Callback):
         self.stage_log = []
         self._stage_variable = None
         self._driven_externally = False  # set by `run_curriculum`
+        # Per stage, whether its data is mixed from `data_mixture` (set by `run_curriculum`).
+        self._mixed = None
 
     @property
     def current_stage(self):
@@ -617,13 +629,16 @@ class CurriculumCallback(keras.callbacks.Callback):
                 "index": index,
                 "trainable_parameters": _num_parameters(plan["trainable_variables"]),
                 "frozen_layers": [path for path, _, value in plan["decisions"] if not value],
-                "data_mixture": stage.data_mixture,
+                "data_mixture": (
+                    stage.data_mixture if self._mixed is None or self._mixed[index] else None
+                ),
                 "loss_scales": stage.loss_scales,
                 "unmatched_patterns": plan["unmatched"],
             }
         )
         if self.verbose:
-            print("\n" + _describe(index, self.stages, step, plan, model, extra))
+            mixed = None if self._mixed is None else self._mixed[index]
+            print("\n" + _describe(index, self.stages, step, plan, model, extra, mixed))
         if self.on_stage_change is not None:
             self.on_stage_change(index, stage)
         return plan
@@ -708,6 +723,12 @@ def _mix(stage, datasets):
     return tf.data.Dataset.sample_from_datasets(
         [datasets[s].repeat() for s in sources], weights=[w / total for w in weights]
     )
+
+
+def is_mixed(stage, datasets):
+    """Whether `resolve_stage_datasets` mixes `stage`'s data from its `data_mixture`: only
+    for a dict of datasets without the stage's own name (a stage's own dataset wins)."""
+    return isinstance(datasets, dict) and stage.name not in datasets and bool(stage.data_mixture)
 
 
 def resolve_stage_datasets(stages, datasets, batch_size=32):
@@ -833,6 +854,7 @@ def run_curriculum(
     curriculum = CurriculumCallback(stages, on_stage_change=on_stage_change, verbose=1 if verbose else 0)
     curriculum._check_schedule(model.optimizer)
     curriculum._driven_externally = True
+    curriculum._mixed = [is_mixed(stage, datasets) for stage in stages]
     curriculum.set_model(model)
     histories, ran = [], []
     step = int(ops.convert_to_numpy(model.optimizer.iterations.value))

@@ -9,6 +9,7 @@ import keras
 from keras import ops
 
 from vishwam_keras.checks import check_float
+from vishwam_keras.ops import masked_mean
 
 LANGUAGE_MODELING = "language_modeling"
 CONTRASTIVE = "contrastive"
@@ -771,8 +772,7 @@ class ContrastiveAlignment(keras.layers.Layer):
         keep = ops.cast(padding_mask, "bool")
         for token_id in self.image_token_ids:
             keep = ops.logical_and(keep, ops.not_equal(token_ids, token_id))
-        weights = ops.cast(keep, hidden.dtype)[:, :, None]
-        pooled = ops.sum(hidden * weights, axis=1) / ops.maximum(ops.sum(weights, axis=1), 1.0)
+        pooled = masked_mean(hidden, keep)
         if self.pooling == "tokens":
             pooled = self.text_norm(pooled, row_mask=present, training=training)
         return self.text_projection(pooled)
@@ -803,8 +803,7 @@ class ContrastiveAlignment(keras.layers.Layer):
             image_mask = ops.cast(vision_mask, "bool")[:, :: self.tokens_per_image]
         per_image = self.image_norm(per_image, row_mask=image_mask, training=training)
         projected = self.image_projection(per_image)
-        weights = ops.cast(image_mask, projected.dtype)[:, :, None]
-        return ops.sum(projected * weights, axis=1) / ops.maximum(ops.sum(weights, axis=1), 1.0)
+        return masked_mean(projected, image_mask)
 
     def call(
         self, logits, vision_tokens, vision_mask, pooled_image, image_present, token_ids,

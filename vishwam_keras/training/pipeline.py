@@ -492,6 +492,10 @@ def train_fashion_preset(
         freeze_language_model_in_alignment=freeze_language_model_in_alignment,
         learning_rates=(None, None, finetuning_learning_rate),
     )
+    # Every stage reads its own dataset (`stage_datasets`, keyed by stage name), so the
+    # default stages' source mixtures are never used: drop them, so the log and the
+    # preset's metadata do not claim one (the fine-tuning data is `mixture`).
+    stages = [dataclasses.replace(stage, data_mixture=None) for stage in stages]
     if alignment_contrastive_scale != 1.0:
         stages[1] = dataclasses.replace(  # `vision_alignment`; replace re-validates the stage
             stages[1], loss_scales={"contrastive": alignment_contrastive_scale}
@@ -505,7 +509,7 @@ def train_fashion_preset(
             CurriculumStage(
                 RETRIEVAL_STAGE, retrieval_steps, modalities=["text", "vision"],
                 trainable=[p for p in CONTRASTIVE_PATTERNS if not p.startswith("multimodal_loss")],
-                data_mixture={"image_text": 1.0}, learning_rate=retrieval_learning_rate,
+                learning_rate=retrieval_learning_rate,
                 loss_scales={LANGUAGE_MODELING: 0.0},
             )
         )
