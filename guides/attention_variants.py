@@ -157,7 +157,7 @@ passed as a dense `T x T` matrix, so each implementation builds what it needs:
 | JAX on TPU | `"splash"` (Pallas splash attention) | static block-sparse masks, no T x T in memory |
 | JAX on GPU | `"cudnn"` (`jax.nn.dot_product_attention`) where it applies: bf16/fp16, head_dim % 8 == 0, no soft cap, padding or spans | fused flash attention |
 | any backend, long sequences (q_len >= 128 and kv_len >= 2048) or a window <= kv_len / 4 | `"blockwise"` (FlashAttention-2 in `keras.ops`) | memory flat in T; skips blocks outside the window |
-| torch, otherwise, no logit soft cap | `"torch_sdpa"` (`torch.nn.functional.scaled_dot_product_attention` with the dense mask) | torch's fused kernel: eager einsums and masks cost 2x at T = 1024 |
+| torch, otherwise, no logit soft cap | `"torch_sdpa"` (`torch.nn.functional.scaled_dot_product_attention` with the dense mask) | torch's fused kernel: on CPU the eager einsums and masks cost 2x at T = 1024 |
 | otherwise (short sequences, decode steps) | `"xla"` (einsum softmax with a dense mask) | the reference; cheapest for small T |
 
 A forced implementation the backend or device cannot run raises a `ValueError` naming

@@ -97,7 +97,7 @@ DOCTEST_MODULES = [
     "vishwam_keras.models.preprocessor",
     "vishwam_keras.models.presets",
     "vishwam_keras.models.tokenizer",
-    "vishwam_keras.ops",
+    "vishwam_keras.ops.reductions",
     "vishwam_keras.training.callbacks",
     "vishwam_keras.training.checkpointing",
     "vishwam_keras.training.curriculum",

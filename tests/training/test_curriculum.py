@@ -251,6 +251,12 @@ def test_run_curriculum_says_which_data_each_stage_reads(capsys):
     assert lines[0].startswith("  data: the dataset given for 'own' (its data_mixture")
     assert "is not used" in lines[0]
     assert lines[1] == "  data: mixture {'a': 1.0, 'b': 3.0} of the datasets of those names"
+    run_curriculum(model, _text_batches(), stages[1:], verbose=1)  # one dataset for all
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("  data:")]
+    assert lines == [
+        "  data: the one dataset given for every stage (its data_mixture {'a': 1.0, 'b': 3.0} "
+        "is not used: `run_curriculum` mixes only for a dict of datasets without the stage's name)"
+    ]
 
 
 @pytest.mark.slow

@@ -11,7 +11,7 @@ from vishwam_keras.checks import check_int
 from vishwam_keras.layers.attention.cross_modal import CrossModalAttention
 from vishwam_keras.layers.feedforward import GatedFeedForward
 from vishwam_keras.layers.normalization import RMSNorm
-from vishwam_keras.ops import masked_mean
+from vishwam_keras.ops.reductions import masked_mean
 
 
 def _keep_rows(image_present, updated, original):

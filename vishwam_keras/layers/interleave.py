@@ -8,7 +8,7 @@ tokens over the `<image_soft_token>` placeholders and marks each image's bidirec
 import keras
 from keras import ops
 
-from vishwam_keras.ops import masked_mean
+from vishwam_keras.ops.reductions import masked_mean
 
 
 class ImageEmbedding(keras.layers.Layer):

@@ -1,31 +1,10 @@
 """Functional ops of vishwam_keras: `vishwam_keras.ops.dot_product_attention` and its dispatch
 info, and `masked_mean`."""
 
-from keras import ops as _ops
-
 from vishwam_keras.layers.attention.kernels import (
     available_implementations,
     dot_product_attention,
     last_attention_implementation,
     set_attention_logging,
 )
-
-
-def masked_mean(tokens, mask=None):
-    """Mean of `tokens` `(batch, length, dim)` over the positions where `mask`
-    `(batch, length)` is true (all of them without a mask).
-
-    A row with no true entry gives zeros (the divisor is at least 1), so masked-out rows
-    (a text-only example, a batch without images) stay finite.
-
-    Example:
-    >>> import keras
-    >>> import numpy as np
-    >>> tokens = np.array([[[1.0], [3.0], [9.0]]], "float32")
-    >>> keras.ops.convert_to_numpy(masked_mean(tokens, np.array([[True, True, False]]))).tolist()
-    [[2.0]]
-    """
-    if mask is None:
-        return _ops.mean(tokens, axis=1)
-    weights = _ops.cast(mask, tokens.dtype)[:, :, None]
-    return _ops.sum(tokens * weights, axis=1) / _ops.maximum(_ops.sum(weights, axis=1), 1.0)
+from vishwam_keras.ops.reductions import masked_mean

@@ -418,17 +418,20 @@ def rebuild_optimizer(model):
     return True
 
 
-def _describe(index, stages, step, plan, model, extra, mixed=None):
+def _describe(index, stages, step, plan, model, extra, source=None):
     stage = stages[index]
-    if mixed is None:  # the callback alone: the data is whatever `fit` was given
-        data = f"mixture {stage.data_mixture}" if stage.data_mixture else "as given"
-    elif mixed:
-        data = f"mixture {stage.data_mixture} of the datasets of those names"
-    else:
+    mixture = stage.data_mixture
+    if source == "mixed":
+        data = f"mixture {mixture} of the datasets of those names"
+    elif source == "own":
         data = f"the dataset given for {stage.name!r}"
-        if stage.data_mixture:
-            data += f" (its data_mixture {stage.data_mixture} is not used: it applies only " \
-                    "to a stage without a dataset of its own)"
+    elif source == "shared":
+        data = "the one dataset given for every stage"
+    else:  # the callback on its own: the data is whatever `fit` reads
+        data = "as given to fit"
+    if mixture and source != "mixed":
+        data += f" (its data_mixture {mixture} is not used: `run_curriculum` mixes only for "
+        data += "a dict of datasets without the stage's name)"
     trainable = plan["trainable_variables"]
     frozen_layers = [path for path, _, value in plan["decisions"] if not value]
     shown = ", ".join(frozen_layers[:8]) + (f" (+{len(frozen_layers) - 8} more)" if len(frozen_layers) > 8 else "")
@@ -555,8 +558,11 @@ class CurriculumCallback(keras.callbacks.Callback):
         self.stage_log = []
         self._stage_variable = None
         self._driven_externally = False  # set by `run_curriculum`
-        # Per stage, whether its data is mixed from `data_mixture` (set by `run_curriculum`).
-        self._mixed = None
+        # Per stage, what its data is (`_data_source`; set by `run_curriculum`).
+        self._sources = None
+
+    def _source(self, index):
+        return None if self._sources is None else self._sources[index]
 
     @property
     def current_stage(self):
@@ -629,16 +635,14 @@ class CurriculumCallback(keras.callbacks.Callback):
                 "index": index,
                 "trainable_parameters": _num_parameters(plan["trainable_variables"]),
                 "frozen_layers": [path for path, _, value in plan["decisions"] if not value],
-                "data_mixture": (
-                    stage.data_mixture if self._mixed is None or self._mixed[index] else None
-                ),
+                # The mixture the stage's data is drawn with; None where it is not used.
+                "data_mixture": stage.data_mixture if self._source(index) == "mixed" else None,
                 "loss_scales": stage.loss_scales,
                 "unmatched_patterns": plan["unmatched"],
             }
         )
         if self.verbose:
-            mixed = None if self._mixed is None else self._mixed[index]
-            print("\n" + _describe(index, self.stages, step, plan, model, extra, mixed))
+            print("\n" + _describe(index, self.stages, step, plan, model, extra, self._source(index)))
         if self.on_stage_change is not None:
             self.on_stage_change(index, stage)
         return plan
@@ -725,10 +729,13 @@ def _mix(stage, datasets):
     )
 
 
-def is_mixed(stage, datasets):
-    """Whether `resolve_stage_datasets` mixes `stage`'s data from its `data_mixture`: only
-    for a dict of datasets without the stage's own name (a stage's own dataset wins)."""
-    return isinstance(datasets, dict) and stage.name not in datasets and bool(stage.data_mixture)
+def _data_source(stage, datasets):
+    """What `resolve_stage_datasets` gives `stage`: `"own"` (the dict's entry under its
+    name, which wins over its `data_mixture`), `"mixed"` (its `data_mixture` of the dict's
+    datasets) or `"shared"` (one dataset for every stage)."""
+    if not isinstance(datasets, dict):
+        return "shared"
+    return "own" if stage.name in datasets or not stage.data_mixture else "mixed"
 
 
 def resolve_stage_datasets(stages, datasets, batch_size=32):
@@ -745,7 +752,7 @@ def resolve_stage_datasets(stages, datasets, batch_size=32):
     resolved = []
     for stage in stages:
         if isinstance(datasets, dict):
-            if stage.name in datasets:
+            if stage.name in datasets:  # a stage's own dataset wins (`_data_source`)
                 data = datasets[stage.name]
             elif stage.data_mixture and all(s in datasets for s in stage.data_mixture):
                 data = _mix(stage, datasets)
@@ -854,7 +861,7 @@ def run_curriculum(
     curriculum = CurriculumCallback(stages, on_stage_change=on_stage_change, verbose=1 if verbose else 0)
     curriculum._check_schedule(model.optimizer)
     curriculum._driven_externally = True
-    curriculum._mixed = [is_mixed(stage, datasets) for stage in stages]
+    curriculum._sources = [_data_source(stage, datasets) for stage in stages]
     curriculum.set_model(model)
     histories, ran = [], []
     step = int(ops.convert_to_numpy(model.optimizer.iterations.value))

@@ -9,7 +9,7 @@ import keras
 from keras import ops
 
 from vishwam_keras.checks import check_float
-from vishwam_keras.ops import masked_mean
+from vishwam_keras.ops.reductions import masked_mean
 
 LANGUAGE_MODELING = "language_modeling"
 CONTRASTIVE = "contrastive"

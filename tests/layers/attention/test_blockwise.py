@@ -96,7 +96,7 @@ def gradients(function, q, k, v, compiled=True):
     weights = np.random.default_rng(7).normal(size=q.shape[:3] + (v.shape[-1],)).astype("float32")
 
     def loss(q, k, v):
-        return keras.ops.sum(function(q, k, v) * weights)
+        return keras.ops.sum(keras.ops.multiply(function(q, k, v), weights))
 
     if BACKEND == "jax":
         import jax

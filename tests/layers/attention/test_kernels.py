@@ -239,6 +239,33 @@ def test_splash_interpret_more_masks(kwargs):
     np.testing.assert_allclose(np.asarray(out), expected, atol=2e-5, rtol=1e-4)
 
 
+@pytest.mark.skipif(BACKEND != "torch", reason="torch's fused attention: torch backend only")
+def test_torch_sdpa_gradients_and_bfloat16_match_xla():
+    import torch
+
+    q, k, v = random_qkv(q_len=13, num_heads=4, num_kv_heads=2)
+    padding = left_padding(2, 13, [5, 0])  # the first rows of example 0 are fully masked
+    weights = torch.as_tensor(np.random.default_rng(1).normal(size=q.shape).astype("float32"))
+
+    def grads(implementation):
+        tensors = [torch.tensor(t, requires_grad=True) for t in (q, k, v)]
+        out = dot_product_attention(
+            *tensors, sliding_window=4, padding_mask=padding, implementation=implementation
+        )
+        assert kernels.last_attention_implementation() == implementation
+        (out * weights).sum().backward()
+        return [t.grad.numpy() for t in tensors]
+
+    for ours, reference in zip(grads("torch_sdpa"), grads("xla")):
+        assert np.isfinite(ours).all()
+        np.testing.assert_allclose(ours, reference, atol=2e-5, rtol=1e-4)
+    expected = reference_attention(q, k, v, sliding_window=4, padding_mask=padding)
+    args = [keras.ops.cast(t, "bfloat16") for t in (q, k, v)]
+    out = dot_product_attention(*args, sliding_window=4, padding_mask=padding, implementation="torch_sdpa")
+    assert keras.backend.standardize_dtype(out.dtype) == "bfloat16"
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(keras.ops.cast(out, "float32")), expected, atol=5e-2)
+
+
 @needs_jax
 @pytest.mark.slow
 def test_splash_interpret_gradients_match_xla():

@@ -83,7 +83,7 @@ def available_implementations():
     """
     platform = _jax_platform()
     available = ["xla", "blockwise"]
-    if keras.backend.backend() == "torch":
+    if keras.backend.backend() == "torch" and _torch_has_gqa_attention():
         available.append("torch_sdpa")
     if platform == "tpu":
         available.append("splash")
@@ -146,7 +146,17 @@ def blockwise_supported(query, key):
 def torch_sdpa_supported(*, logit_soft_cap=None):
     if logit_soft_cap is not None:
         return False, "torch's scaled_dot_product_attention has no logit soft cap"
+    if not _torch_has_gqa_attention():
+        return False, "torch < 2.5: scaled_dot_product_attention has no enable_gqa"
     return True, ""
+
+
+@functools.lru_cache(maxsize=1)
+def _torch_has_gqa_attention():
+    import torch
+
+    major, minor = (int(part) for part in torch.__version__.split(".")[:2])
+    return (major, minor) >= (2, 5)
 
 
 def splash_supported(query, key, mask, *, static_positions):
@@ -206,7 +216,8 @@ def choose_implementation(
 
     JAX on TPU -> splash; JAX on GPU -> cuDNN where it supports the call; long sequences
     (q_len >= 128 and kv_len >= 2048) or a sliding window at most a quarter of kv_len ->
-    block-wise; otherwise xla. Returns the name.
+    block-wise; otherwise torch_sdpa under torch (without a logit soft cap, torch >= 2.5)
+    and xla elsewhere. Returns the name.
     """
     return _choose(query, key, mask, value, logit_soft_cap, static_positions)[0]
 
@@ -496,7 +507,8 @@ def cudnn_attention(query, key, value, mask, *, scale=None, jax_implementation="
 
 def torch_sdpa_attention(query, key, value, mask, *, scale=None):
     """`torch.nn.functional.scaled_dot_product_attention` (torch's fused kernels) with the
-    dense mask of `mask`; the torch backend's short-sequence path.
+    dense mask of `mask`; the torch backend's short-sequence path. Measured on CPU; on
+    CUDA a dense mask with grouped heads leaves torch its math kernel.
 
     Shapes as `xla_attention`; key/value heads are shared by query groups (`enable_gqa`).
     Fully masked query rows return zeros, as every other path.
@@ -504,10 +516,11 @@ def torch_sdpa_attention(query, key, value, mask, *, scale=None):
     import torch
 
     allowed = masks_lib.dense_mask(mask)  # (batch or 1, q_len, kv_len)
+    key, value = ops.cast(key, query.dtype), ops.cast(value, query.dtype)
     query, key, value = (ops.transpose(t, (0, 2, 1, 3)) for t in (query, key, value))
     output = torch.nn.functional.scaled_dot_product_attention(
-        query, key, ops.cast(value, query.dtype), attn_mask=allowed[:, None],
-        scale=scale, enable_gqa=True,
+        query, key, value, attn_mask=allowed[:, None],
+        scale=None if scale is None else float(scale), enable_gqa=True,
     )
     output = ops.where(ops.any(allowed, axis=-1)[:, None, :, None], output, 0.0)
     return ops.transpose(output, (0, 2, 1, 3))
