@@ -8,7 +8,7 @@ import math
 import keras
 from keras import ops
 
-from vishwam_keras.checks import check_float
+from vishwam_keras.checks import check_float, check_int
 from vishwam_keras.ops.reductions import masked_mean
 
 LANGUAGE_MODELING = "language_modeling"
@@ -721,14 +721,8 @@ class ContrastiveAlignment(keras.layers.Layer):
             raise ValueError(
                 f"`pooling` must be one of {CONTRASTIVE_POOLINGS}. Received: pooling={pooling!r}"
             )
-        if pooling == "tokens" and (
-            isinstance(tokens_per_image, bool) or not isinstance(tokens_per_image, int)
-            or tokens_per_image < 1
-        ):
-            raise ValueError(
-                '`tokens_per_image` must be an int >= 1 for pooling="tokens". Received: '
-                f"tokens_per_image={tokens_per_image!r}"
-            )
+        if pooling == "tokens":
+            tokens_per_image = check_int("tokens_per_image", tokens_per_image)
         self.hidden_dim = hidden_dim
         self.image_token_ids = list(image_token_ids)
         self._text_encoder = text_encoder
@@ -788,15 +782,14 @@ class ContrastiveAlignment(keras.layers.Layer):
         """
         if self.pooling == "mean":
             return self.image_projection(vision_tokens if pooled_image is None else pooled_image)
-        n, width = self.tokens_per_image, self.hidden_dim
+        width = self.hidden_dim
         batch = ops.shape(vision_tokens)[0]
         side, factor = self._grid
         if factor > 1:
             grid = ops.reshape(vision_tokens, (-1, side, side, width))
             grid = ops.average_pool(grid, factor, factor, padding="valid", data_format="channels_last")
             vision_tokens = ops.reshape(grid, (batch, -1, width))
-            n = (side // factor) ** 2
-        per_image = ops.reshape(vision_tokens, (batch, -1, n * width))
+        per_image = ops.reshape(vision_tokens, (batch, -1, self._image_features))
         if vision_mask is None:
             image_mask = ops.ones(ops.shape(per_image)[:2], "bool")
         else:
