@@ -52,7 +52,7 @@ SHARED_TRAINING_FIELDS = (
     "warmup_steps", "seed",
 )
 # How the fine-tuning stage's VQA examples were drawn (`pipelines.multimodal_stage_dataset`).
-VQA_DATA_FIELDS = ("questions_per_example", "question_type_repeats")
+VQA_DATA_FIELDS = ("questions_per_example", "question_type_repeats", "answer_format")
 # Which data source each default curriculum stage trains on (`pipelines.stage_datasets`).
 STAGE_SOURCES = {"text_pretraining": "text", "vision_alignment": "caption"}
 
@@ -98,6 +98,10 @@ def preset_training_record(preset):
             )
         training["finetuning_mixture"] = pipeline.FASHION_MIXTURE  # the script's `mixture=None`
         training.update({key: defaults[key] for key in VQA_DATA_FIELDS if key in defaults})
+        if training.get("sequence_length") is None:  # the script's `sequence_length=None`
+            training["sequence_length"] = pipeline.fashion_sequence_length(
+                training.get("questions_per_example", 1), training.get("answer_format", "direct")
+            )
     return training
 
 

@@ -4,8 +4,9 @@
 
 Needs Fashion-MNIST (`apt-get install dataset-fashion-mnist`); rerun with the same
 `--checkpoint-dir` to resume after an interruption. Runs under TensorFlow unless
-`KERAS_BACKEND` says otherwise: on 2 CPU cores its training steps take about 0.25 s
-(about 27 minutes in all, the last stage's 0.1 s steps included) against about 0.5 s under JAX.
+`KERAS_BACKEND` says otherwise: on 2 CPU cores its training steps take about 0.25-0.3 s
+(about 31 minutes in all, the last stage's 0.12 s steps included) against about 0.5 s under JAX.
+`--retrieval-steps 1000` saves about two minutes (retrieval trains less).
 """
 
 import argparse
@@ -38,12 +39,15 @@ if __name__ == "__main__":
                         help="factor on the SigLIP term in the fine-tuning stage (0: none)")
     parser.add_argument("--finetuning-learning-rate", type=float, default=None,
                         help="peak learning rate of the fine-tuning stage (default: 2e-3, as the others)")
-    parser.add_argument("--sequence-length", type=int, default=48)
+    parser.add_argument("--sequence-length", type=int, default=None,
+                        help="tokens per training example (default: the shortest that holds every VQA example, >= 48)")
+    parser.add_argument("--answer-format", choices=("direct", "caption_first"), default="caption_first",
+                        help="VQA responses: the answer alone, or the scene's caption, ', so ', the answer")
     parser.add_argument("--questions-per-example", type=int, default=1,
                         help="questions of one scene per fine-tuning VQA example (multi-turn)")
     parser.add_argument("--question-type-repeats", default=None, metavar="TYPE:N,...",
                         help="how often each question type's questions come up, e.g. exists:3")
-    parser.add_argument("--retrieval-steps", type=int, default=3000,
+    parser.add_argument("--retrieval-steps", type=int, default=2000,
                         help="steps of the last stage, the contrastive heads alone on caption pairs (0: none)")
     parser.add_argument("--retrieval-learning-rate", type=float, default=1e-3)
     parser.add_argument("--output", default=None)
@@ -57,7 +61,7 @@ if __name__ == "__main__":
         finetuning_learning_rate=args.finetuning_learning_rate,
         finetuning_contrastive_scale=args.finetuning_contrastive_scale,
         sequence_length=args.sequence_length, questions_per_example=args.questions_per_example,
-        question_type_repeats=parse_repeats(args.question_type_repeats),
+        question_type_repeats=parse_repeats(args.question_type_repeats), answer_format=args.answer_format,
         retrieval_steps=args.retrieval_steps, retrieval_learning_rate=args.retrieval_learning_rate,
     )
     print(f"Saved preset to {preset}; log {result.log_path}; plot {result.plot_path}")

@@ -90,6 +90,23 @@ def test_vqa_scores_by_hand():
         evaluation.vqa_scores(["a"], [], [])
 
 
+def test_vqa_scores_read_the_answer_after_a_caption_first_description():
+    caption = " a sneaker and a bag above a dress and a coat"
+    predictions = [
+        caption + ". a bag: yes",
+        caption + ". right of the bag: a bag",
+        caption,
+        " no. a coat: no",
+        caption + ". shoes:",
+    ]
+    answers = ["yes", "a dress", "a coat", "no", "two"]
+    types = ["exists", "relation", "position", "exists", "count"]
+    scores = evaluation.vqa_scores(predictions, answers, types)
+    # the description names "a dress" and ends with "a coat", but only the answer counts
+    assert scores["per_type"] == {"position": 0.0, "count": 0.0, "exists": 1.0, "relation": 0.0}
+    assert evaluation.final_answer(caption + ". shoes: one: two") == "two"
+
+
 def test_evaluate_vqa_with_a_fake_model_batches_and_scores():
     scenes = _hand_made_scenes(LABELS)
     model = FakeModel(_oracle_table(scenes), wrong=lambda prompt: "How many" in prompt)

@@ -14,7 +14,7 @@ import numpy as np
 
 DEMO_PROMPTS = ["ROMEO:", "To be, or not", "The king"]
 FASHION_PRESET = "vishwam_tiny_fashion"
-FASHION_SEQUENCE_LENGTH = 48  # as `training.pipeline.train_fashion_preset` trains it
+FASHION_SEQUENCE_LENGTH = 48  # `train_fashion_preset`'s shortest (generation is not bound by it)
 TRAIN_COMMAND = "python -m vishwam_keras demo --train"
 
 
@@ -62,15 +62,18 @@ def random_fashion_model(sequence_length=FASHION_SEQUENCE_LENGTH):
 
 
 def _shown_questions(scenes, predictions, num_scenes, per_scene=4):
-    """Per shown scene, up to `per_scene` `(question, answer, truth)`: one of each type first."""
-    from vishwam_keras.evaluation import flatten_questions
+    """Per shown scene, up to `per_scene` `(question, answer, truth)`: one of each type first.
+
+    The answer is the completion's `final_answer` (a caption-first model's description
+    of the scene is left out: the scene's caption is shown above its questions)."""
+    from vishwam_keras.evaluation import final_answer, flatten_questions
 
     shown = [[] for _ in range(num_scenes)]
     seen_types = [set() for _ in range(num_scenes)]
     for (scene, qa), prediction in zip(flatten_questions(scenes), predictions):
         if scene < num_scenes and qa.question_type not in seen_types[scene] and len(shown[scene]) < per_scene:
             seen_types[scene].add(qa.question_type)
-            shown[scene].append((qa.question, prediction.strip(), qa.answer))
+            shown[scene].append((qa.question, final_answer(prediction).strip(), qa.answer))
     return shown
 
 

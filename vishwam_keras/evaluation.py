@@ -21,10 +21,18 @@ import numpy as np
 
 from vishwam_keras.data import fashion_scenes
 from vishwam_keras.data.fashion_mnist import NUM_CLASSES, SHORT_NAMES, with_article
-from vishwam_keras.data.pipelines import CAPTION_PROMPT, VQA_PROMPT_PREFIX, VQA_PROMPT_SUFFIX
+from vishwam_keras.data.pipelines import (
+    ANSWER_SEPARATOR,
+    CAPTION_PROMPT,
+    VQA_PROMPT_PREFIX,
+    VQA_PROMPT_SUFFIX,
+)
 
 DEFAULT_BATCH_SIZE = 64
-VQA_MAX_NEW_TOKENS = 8  # the longest answer, " an ankle boot", is 5 tokens plus the end token
+# A "caption_first" answer (`pipelines.ANSWER_FORMATS`: caption, focus, answer) packs to at
+# most 37 tokens with its end token (`pipelines.turns_length`); a direct answer to at most 5,
+# and generation stops once every row has written its end token.
+VQA_MAX_NEW_TOKENS = 40
 CAPTION_MAX_NEW_TOKENS = 32  # the longest captions are 23 tokens plus the end token
 RECALL_KS = (1, 5, 10)
 BASELINE_TRAIN_SCENES = 10000
@@ -48,6 +56,19 @@ def vqa_prompt(question):
 def normalize_answer(text):
     """The answer normalisation of exact match: surrounding whitespace stripped, lower case."""
     return str(text).strip().lower()
+
+
+def final_answer(text):
+    """The answer of a completion: what follows its last `pipelines.ANSWER_SEPARATOR`
+    (a `"caption_first"` model describes the scene and restates the question first), else
+    the whole text.
+
+    >>> final_answer(" a sneaker and a bag above a dress and a coat. a bag: yes")
+    'yes'
+    >>> final_answer(" two")
+    ' two'
+    """
+    return str(text).rsplit(ANSWER_SEPARATOR, 1)[-1]
 
 
 def parse_caption(text):
@@ -194,7 +215,8 @@ def generate_captions(model, images, **kwargs):
 
 # === VQA ===
 def vqa_scores(predictions, answers, question_types):
-    """Exact-match accuracy overall and per question type, after `normalize_answer`.
+    """Exact-match accuracy overall and per question type: each prediction's
+    `final_answer` against the true answer, both after `normalize_answer`.
 
     Returns:
         `{"accuracy", "per_type": {type: accuracy}, "count", "per_type_count"}`; types
@@ -210,7 +232,8 @@ def vqa_scores(predictions, answers, question_types):
             f"Received lengths {len(predictions)}, {len(answers)}, {len(question_types)}."
         )
     correct = np.array(
-        [normalize_answer(p) == normalize_answer(a) for p, a in zip(predictions, answers)], bool
+        [normalize_answer(final_answer(p)) == normalize_answer(a) for p, a in zip(predictions, answers)],
+        bool,
     )
     types = np.asarray(question_types)
     per_type, per_type_count = {}, {}
@@ -239,8 +262,9 @@ def evaluate_vqa(
     """Exact-match VQA accuracy of greedy answers, overall and per question type.
 
     Every question of every scene is asked, as `pipelines.vqa_examples` trains it
-    (`"<start_of_image> Question: ... Answer:"`); answers are compared after stripping
-    and lower-casing.
+    (`"<start_of_image> Question: ... Answer:"`); the answer of each completion
+    (`final_answer`: after the caption, for a model trained with
+    `answer_format="caption_first"`) is compared after stripping and lower-casing.
 
     Args:
         model: a `VishwamCausalLM` with a preprocessor.

@@ -57,6 +57,10 @@ def test_a_preset_without_metadata_gets_the_training_scripts_own_defaults(tmp_pa
     expected = {key: defaults[key].default for key in quality.VQA_DATA_FIELDS}
     assert quality.preset_vqa_data(training) == {k: v for k, v in expected.items() if v is not None}
     assert quality.preset_vqa_data({"total_steps": 10}) == {}
+    # the script's sequence_length=None: the length its answer format needs
+    from vishwam_keras.training.pipeline import fashion_sequence_length
+
+    assert training["sequence_length"] == fashion_sequence_length(1, defaults["answer_format"].default)
 
 
 def test_baseline_leaves_out_stages_that_train_only_the_contrastive_heads():

@@ -202,6 +202,51 @@ def test_multi_question_mixture_widens_captions_and_text(preprocessor):
     assert (ends[~single] == 3).all(), ends
 
 
+@requires_fashion_mnist
+def test_caption_first_answers_describe_the_scene_then_answer(preprocessor):
+    scenes = fashion_scenes.make_scenes("test", 4)
+    examples = list(
+        pipelines.vqa_examples("test", 4, shuffle=False, answer_format="caption_first").as_numpy_iterator()
+    )
+    expected = [(i, item) for i in range(4) for item in scenes.qa[i]]
+    assert len(examples) == len(expected)
+    for example, (scene, item) in zip(examples, expected):
+        assert example["prompts"].decode() == f"<start_of_image> Question: {item.question} Answer:"
+        focus = fashion_scenes.QUESTION_FOCUS[fashion_scenes.QUESTIONS.index(item.question)]
+        assert example["responses"].decode() == f" {scenes.captions[scene]}. {focus}: {item.answer}"
+    # test scene 0, written by hand
+    caption = " a sneaker and a sandal above a sandal and an ankle boot"
+    assert [e["responses"].decode() for e in examples[:14:4]] == [
+        caption + ". top left: a sneaker", caption + ". tops: zero", caption + ". a sandal: yes",
+        caption + ". left of the ankle boot: a sandal",
+    ]
+    # multi-question examples: every turn describes its scene before answering
+    turns = list(pipelines.vqa_examples(
+        "test", 4, shuffle=False, questions_per_example=3, answer_format="caption_first"
+    ).as_numpy_iterator())
+    for scene, example in enumerate(turns):
+        truth = {item.question: item.answer for item in scenes.qa[scene]}
+        for prompt, response in zip(example["prompts"], example["responses"]):
+            asked = prompt.decode().split("Question: ")[1][: -len(" Answer:")]
+            focus = fashion_scenes.QUESTION_FOCUS[fashion_scenes.QUESTIONS.index(asked)]
+            assert response.decode() == f" {scenes.captions[scene]}. {focus}: {truth[asked]}"
+    # `turns_length` holds every caption-first example: none loses its <eos>
+    preprocessor.num_vision_tokens_per_image = 16  # the preset's, so the bound is the one used
+    preprocessor.sequence_length = pipelines.turns_length(preprocessor, 1, "caption_first") - 1
+    data = pipelines.vqa_examples("test", 60, shuffle=False, answer_format="caption_first")
+    for x, y, w in data.batch(256).map(preprocessor):
+        ends = ((np.asarray(y) == preprocessor.tokenizer.end_token_id) & np.asarray(w)).sum(1)
+        assert (ends == 1).all()
+    longest = max(len(np.asarray(preprocessor.tokenizer(" " + c))) for c in scenes.captions)
+    assert longest <= pipelines.longest_caption_length(preprocessor.tokenizer)
+
+
+@pytest.mark.parametrize("value", ["reasoning", None, 1])
+def test_answer_format_is_checked(value):
+    with pytest.raises(ValueError, match="answer_format"):
+        pipelines.multimodal_stage_dataset("test", 4, num_scenes=5, answer_format=value)
+
+
 @pytest.mark.parametrize("value", [0, 11, 2.0, True, "3"])
 def test_questions_per_example_is_checked(value):
     with pytest.raises(ValueError, match="questions_per_example"):

@@ -135,7 +135,10 @@ def test_bad_configs_fail_before_training(kwargs, match):
         (dict(questions_per_example=0), "questions_per_example"),
         (dict(finetuning_learning_rate=0.0), "finetuning_learning_rate"),
         (dict(question_type_repeats={"exists": 1.5}), "question_type_repeats"),
-        (dict(questions_per_example=3), "sequence_length"),  # 3 questions need ~88 tokens
+        (dict(questions_per_example=3, sequence_length=48), "sequence_length"),  # needs ~88
+        (dict(answer_format="caption_first", sequence_length=48), "sequence_length"),  # needs 66
+        (dict(sequence_length=0), "sequence_length"),
+        (dict(answer_format="reasoning"), "answer_format"),
         (dict(retrieval_steps=-1), "retrieval_steps"),
         (dict(finetuning_contrastive_scale=-1.0), "finetuning_contrastive_scale"),
         (dict(retrieval_learning_rate=0.0), "retrieval_learning_rate"),
@@ -182,6 +185,42 @@ def test_train_fashion_preset_ends_with_a_heads_only_retrieval_stage(monkeypatch
     with pytest.raises(Stop):
         pipeline.train_fashion_preset(total_steps=100, retrieval_steps=0)
     assert [s.name for s in seen["stages"]] == list(pipelines.STAGE_NAMES)
+
+
+def test_train_fashion_preset_sizes_its_sequences_for_the_answer_format(monkeypatch):
+    from vishwam_keras.data import pipelines
+    from vishwam_keras.training import pipeline
+
+    seen = {}
+
+    class Stop(Exception):
+        """Raised where training would start, once the config and data arguments are seen."""
+
+    def datasets(*args, **kwargs):
+        seen["answer_format"] = kwargs["answer_format"]
+        return {name: name for name in pipelines.STAGE_NAMES}
+
+    def capture(datasets, config=None, verbose=None):
+        seen["sequence_length"] = config.sequence_length
+        raise Stop
+
+    monkeypatch.setattr(pipelines, "stage_datasets", datasets)
+    monkeypatch.setattr(pipeline, "main_training_pipeline", capture)
+    with pytest.raises(Stop):
+        pipeline.train_fashion_preset(total_steps=100, retrieval_steps=0, answer_format="direct")
+    assert seen == {"answer_format": "direct", "sequence_length": 48}
+    with pytest.raises(Stop):
+        pipeline.train_fashion_preset(total_steps=100, retrieval_steps=0)  # caption_first
+    from vishwam_keras.config import FASHION_TINY_CONFIG
+    from vishwam_keras.models.factory import create_preprocessor
+
+    preprocessor = create_preprocessor(FASHION_TINY_CONFIG, 48, name="check")
+    needed = pipelines.turns_length(preprocessor, 1, "caption_first") - 1
+    assert seen == {"answer_format": "caption_first", "sequence_length": needed} and needed > 48
+    # a named preprocessor names its parts, so it leaves Keras' automatic names alone
+    assert (preprocessor.name, preprocessor.tokenizer.name, preprocessor.image_converter.name) == (
+        "check", "check_tokenizer", "check_image_converter"
+    )
 
 
 def test_export_without_optimizer_saves_every_layer_trainable(tmp_path):

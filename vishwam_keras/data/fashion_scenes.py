@@ -69,19 +69,21 @@ TFDS_VERSION = "1.0.0"
 
 
 def _build_question_table():
-    table = [(f"What is in the {position}?", "position") for position in POSITIONS]
-    table += [(f"How many {group} are there?", "count") for group in GROUPS]
-    table += [(f"Is there {with_article(name)}?", "exists") for name in SHORT_NAMES]
+    table = [(f"What is in the {position}?", "position", position) for position in POSITIONS]
+    table += [(f"How many {group} are there?", "count", group) for group in GROUPS]
+    table += [(f"Is there {with_article(name)}?", "exists", with_article(name)) for name in SHORT_NAMES]
     table += [
-        (f"What is {relation} the {name}?", "relation")
+        (f"What is {relation} the {name}?", "relation", f"{relation} the {name}")
         for relation in RELATIONS
         for name in SHORT_NAMES
     ]
-    return tuple(text for text, _ in table), tuple(kind for _, kind in table)
+    return tuple(zip(*table))
 
 
 # Every question and answer string that scenes use; QA pairs are stored as ids into these.
-QUESTIONS, QUESTION_TYPE_OF = _build_question_table()
+# A question's focus is what it asks about ("top left", "shoes", "a bag", "left of the
+# bag"): a "caption_first" answer (`pipelines.ANSWER_FORMATS`) restates it before answering.
+QUESTIONS, QUESTION_TYPE_OF, QUESTION_FOCUS = _build_question_table()
 ANSWERS = tuple(with_article(name) for name in SHORT_NAMES) + NUMBER_WORDS + ("yes", "no")
 _POSITION_Q, _COUNT_Q = 0, len(POSITIONS)
 _EXISTS_Q = _COUNT_Q + len(GROUPS)

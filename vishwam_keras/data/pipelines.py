@@ -11,7 +11,9 @@ image examples in one dataset; a preprocessor without an image converter ignores
 - text: prompt `""`, response a chunk of Shakespeare (the loss covers the whole chunk);
 - caption: prompt `"<start_of_image> Caption:"`, response `" a sneaker and a bag above ..."`;
 - vqa: prompt `"<start_of_image> Question: How many shoes are there? Answer:"`, response
-  `" two"`.
+  `" two"`; with `answer_format="caption_first"` the response describes the scene and
+  restates what is asked first, `" a sneaker and a bag above a dress and a coat. shoes: one"`
+  (the answer follows the last `ANSWER_SEPARATOR`).
 
 Shuffling is stateless (`tf.random.experimental.index_shuffle` with `seed` and the epoch),
 so a seed gives the same batches whatever TensorFlow's global seed is; with `repeat=True`
@@ -32,6 +34,13 @@ VQA_PROMPT_PREFIX = "<start_of_image> Question: "
 VQA_PROMPT_SUFFIX = " Answer:"
 # Prompt of each question after the first in a multi-question VQA example.
 FOLLOW_UP_PREFIX = " Question: "
+# How a VQA response is written: the answer alone (`" one"`), or the scene's caption, the
+# question's focus (`fashion_scenes.QUESTION_FOCUS`), `ANSWER_SEPARATOR` and the answer
+# (`" a sneaker and ... and a coat. shoes: one"`): the model names every item, then what is
+# asked, right before answering, so "is there a bag?" becomes a lookup of the word just
+# written in its own text.
+ANSWER_FORMATS = ("direct", "caption_first")
+ANSWER_SEPARATOR = ": "
 # Held out of the text stage's train split: one play and one poem (about 2% of the text).
 TEXT_VALIDATION_WORKS = ("tempest", "lovers_complaint")
 DEFAULT_SEQUENCE_CHARS = 512
@@ -207,8 +216,13 @@ def vqa_examples(
     shuffle=True,
     questions_per_example=1,
     question_type_repeats=None,
+    answer_format="direct",
 ):
     """VQA examples (unbatched): `"<start_of_image> Question: ... Answer:"` -> `" answer"`.
+
+    `answer_format="caption_first"` writes each response as the scene's caption, then
+    the question's focus, `ANSWER_SEPARATOR` and the answer (`" a sneaker and ... and a
+    coat. a bag: yes"` for "Is there a bag?"); `"direct"` (the default) as the answer alone.
 
     With `questions_per_example=1` (the default), one example per (scene, question).
     With `k > 1`, one multi-turn example per scene: `k` of its questions drawn at random
@@ -223,13 +237,15 @@ def vqa_examples(
     doubles the share of "Is there ...?" questions).
     """
     check_questions_per_example(questions_per_example)
+    answer_format = check_answer_format(answer_format)
     repeats = check_question_type_repeats(question_type_repeats)
     if repeats and questions_per_example > 1:
         raise ValueError(
             "`question_type_repeats` applies to single-question examples; with "
             f"questions_per_example={questions_per_example} pass question_type_repeats=None."
         )
-    pool, indices, _, qa = _scene_table(split, _num_scenes(split, num_scenes), scene_seed, data_dir)
+    pool, indices, captions, qa = _scene_table(split, _num_scenes(split, num_scenes), scene_seed, data_dir)
+    respond = _responder(captions, answer_format)
     if question_types is not None:
         unknown = sorted(set(question_types) - set(fashion_scenes.QUESTION_TYPES))
         if unknown:
@@ -241,23 +257,52 @@ def vqa_examples(
         qa = np.repeat(qa, [repeats.get(kind, 1) for kind in types], axis=0)
     if questions_per_example > 1:
         return _multi_question_examples(
-            pool, indices, qa, seed, repeat, shuffle, questions_per_example
+            pool, indices, qa, seed, repeat, shuffle, questions_per_example, respond
         )
     pool, indices, qa = tf.constant(pool), tf.constant(indices), tf.constant(qa)
-    questions, answers = _qa_strings()
+    questions, _ = _qa_strings()
 
     def to_example(row):
         scene, question, answer = qa[row, 0], qa[row, 1], qa[row, 2]
         prompt = tf.strings.join([VQA_PROMPT_PREFIX, questions[question], VQA_PROMPT_SUFFIX])
         return {
             "prompts": prompt,
-            "responses": answers[answer],
+            "responses": respond(scene, question, answer),
             "images": _scene_image(pool, indices[scene]),
             "image_mask": tf.ones((1,), tf.int32),
         }
 
     rows = _indices(int(qa.shape[0]), seed, "vqa", repeat, shuffle)
     return rows.map(to_example, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def _responder(captions, answer_format):
+    """`respond(scene, question_ids, answer_ids)`: the response strings of one scene's
+    questions (tensors), in `answer_format`."""
+    _, answers = _qa_strings()
+    if answer_format == "direct":
+        return lambda scene, question, answer: tf.gather(answers, answer)
+    captions = tf.constant(captions)  # with their leading space
+    focus = tf.constant(list(fashion_scenes.QUESTION_FOCUS))
+    plain = tf.constant(list(fashion_scenes.ANSWERS))
+
+    def respond(scene, question, answer):
+        return tf.strings.join(
+            [captions[scene], ". ", tf.gather(focus, question), ANSWER_SEPARATOR, tf.gather(plain, answer)]
+        )
+
+    return respond
+
+
+def check_answer_format(answer_format):
+    """`answer_format` if it is one of `ANSWER_FORMATS`, else a ValueError naming them."""
+    if answer_format not in ANSWER_FORMATS:
+        raise ValueError(
+            f"`answer_format` must be one of {ANSWER_FORMATS}: 'direct' answers alone, "
+            "'caption_first' describes the scene before answering. "
+            f"Received: answer_format={answer_format!r}"
+        )
+    return answer_format
 
 
 MAX_QUESTIONS_PER_EXAMPLE = 10  # the fewest questions a scene has
@@ -300,10 +345,12 @@ def check_question_type_repeats(question_type_repeats):
     return {kind: int(count) for kind, count in question_type_repeats.items()}
 
 
-def turns_length(preprocessor, questions_per_example):
+def turns_length(preprocessor, questions_per_example, answer_format="direct"):
     """Tokens the longest `questions_per_example`-question VQA example takes once packed
     by `preprocessor` (start token, image span, every turn with its `<eos>`), over all
-    FashionScenes questions and answers: what `sequence_length + 1` must hold."""
+    FashionScenes questions and answers (with `answer_format="caption_first"`, the
+    longest caption and the longest focus before the longest answer): what
+    `sequence_length + 1` must hold."""
     from vishwam_keras.models.tokenizer import START_OF_IMAGE_TOKEN
 
     tokenizer = preprocessor.tokenizer
@@ -314,7 +361,14 @@ def turns_length(preprocessor, questions_per_example):
     expansion = preprocessor.image_expansion if preprocessor.image_converter is not None else ""
     first = longest(VQA_PROMPT_PREFIX.replace(START_OF_IMAGE_TOKEN, expansion))
     follow_up = longest(FOLLOW_UP_PREFIX)
-    answer = max(len(np.asarray(tokenizer(" " + a))) for a in fashion_scenes.ANSWERS)
+    if check_answer_format(answer_format) == "direct":
+        answer = max(len(np.asarray(tokenizer(" " + a))) for a in fashion_scenes.ANSWERS)
+    else:
+        longest_answer = max(fashion_scenes.ANSWERS, key=lambda a: len(np.asarray(tokenizer(" " + a))))
+        answer = longest_caption_length(tokenizer) + max(
+            len(np.asarray(tokenizer(f". {focus}{ANSWER_SEPARATOR}{longest_answer}")))
+            for focus in set(fashion_scenes.QUESTION_FOCUS)
+        )
     end = int(preprocessor.add_end_token)
     return (
         int(preprocessor.add_start_token) + first + (questions_per_example - 1) * follow_up
@@ -322,7 +376,18 @@ def turns_length(preprocessor, questions_per_example):
     )
 
 
-def _multi_question_examples(pool, indices, qa, seed, repeat, shuffle, turns):
+def longest_caption_length(tokenizer):
+    """Tokens of the longest FashionScenes caption (with its leading space), over every
+    arrangement of classes: `tokenizer` is applied to all 10,000 of them."""
+    names = range(fashion_mnist.NUM_CLASSES)
+    labels = np.stack(np.meshgrid(names, names, names, names, indexing="ij"), -1).reshape(-1, 4)
+    tokens = tokenizer([" " + fashion_scenes.caption(row) for row in labels])
+    if hasattr(tokens, "row_lengths"):  # a tf.RaggedTensor (TensorFlow backend)
+        return int(tokens.row_lengths().numpy().max())
+    return max(len(row) for row in tokens)
+
+
+def _multi_question_examples(pool, indices, qa, seed, repeat, shuffle, turns, respond):
     """One example per scene with `turns` of its questions (see `vqa_examples`)."""
     splits = np.searchsorted(qa[:, 0], np.arange(len(indices) + 1)).astype(np.int64)
     if (np.diff(splits) < turns).any():
@@ -332,7 +397,7 @@ def _multi_question_examples(pool, indices, qa, seed, repeat, shuffle, turns):
         )
     pool, indices, qa = tf.constant(pool), tf.constant(indices), tf.constant(qa)
     splits = tf.constant(splits)
-    questions, answers = _qa_strings()
+    questions, _ = _qa_strings()
     first = tf.constant([True] + [False] * (turns - 1))
     seed_value = tf.constant(int(seed), tf.int64)
 
@@ -349,7 +414,7 @@ def _multi_question_examples(pool, indices, qa, seed, repeat, shuffle, turns):
         )
         return {
             "prompts": prompts,
-            "responses": tf.gather(answers, rows[:, 2]),
+            "responses": respond(scene, rows[:, 1], rows[:, 2]),
             "images": _scene_image(pool, indices[scene]),
             "image_mask": tf.ones((1,), tf.int32),
         }
@@ -486,6 +551,7 @@ def multimodal_stage_dataset(
     drop_remainder=False,
     questions_per_example=1,
     question_type_repeats=None,
+    answer_format="direct",
 ):
     """Stage 3 (`multimodal_finetuning`): captions, VQA and optionally text, mixed per example.
 
@@ -504,6 +570,9 @@ def multimodal_stage_dataset(
             filling only the first turn. Defaults to `1`.
         question_type_repeats: dict, optional. How many times each question of a type
             appears per VQA epoch (see `vqa_examples`). Defaults to once each.
+        answer_format: str. `"direct"` (answers alone) or `"caption_first"` (each VQA
+            response is the caption, the question's focus, `ANSWER_SEPARATOR`, then the
+            answer; see `vqa_examples`). Defaults to `"direct"`.
 
     Returns:
         A `tf.data.Dataset` of dicts shaped as in `alignment_stage_dataset`. Without
@@ -512,6 +581,7 @@ def multimodal_stage_dataset(
     check_int("batch_size", batch_size)
     turns = check_questions_per_example(questions_per_example)
     check_question_type_repeats(question_type_repeats)
+    check_answer_format(answer_format)
     mixture = dict(DEFAULT_MIXTURE if mixture is None else mixture)
     unknown = sorted(set(mixture) - set(MIXTURE_SOURCES))
     if unknown or not mixture:
@@ -524,7 +594,7 @@ def multimodal_stage_dataset(
         "caption": lambda: caption_examples(split, num_scenes, seed, repeat, scene_seed, data_dir),
         "vqa": lambda: vqa_examples(
             split, num_scenes, seed, repeat, scene_seed, data_dir, questions_per_example=turns,
-            question_type_repeats=question_type_repeats,
+            question_type_repeats=question_type_repeats, answer_format=answer_format,
         ),
     }
     weights = [mixture[name] for name in sources]
@@ -549,14 +619,15 @@ def stage_datasets(
     drop_remainder=False,
     questions_per_example=1,
     question_type_repeats=None,
+    answer_format="direct",
 ):
     """The three stage datasets, keyed by `STAGE_NAMES` (the default curriculum's stages).
 
     `split` picks the scene split (`text_pretraining` reads Shakespeare's `"train"`
     for `"train"` and its `"validation"` works otherwise). Pass `repeat=True` to train
     with `run_curriculum`, which runs a fixed number of steps per stage.
-    `questions_per_example` and `question_type_repeats` shape the fine-tuning stage's VQA
-    examples (see `multimodal_stage_dataset`).
+    `questions_per_example`, `question_type_repeats` and `answer_format` shape the
+    fine-tuning stage's VQA examples (see `multimodal_stage_dataset`).
     """
     text, alignment, multimodal = STAGE_NAMES
     return {
@@ -570,6 +641,6 @@ def stage_datasets(
             split, batch_size, mixture, num_scenes, seed, repeat, data_dir=data_dir,
             sequence_chars=sequence_chars, drop_remainder=drop_remainder,
             questions_per_example=questions_per_example,
-            question_type_repeats=question_type_repeats,
+            question_type_repeats=question_type_repeats, answer_format=answer_format,
         ),
     }

@@ -40,22 +40,31 @@ def create_multimodal_model(config=None, preprocessor=None, dtype=None, **config
     return VishwamCausalLM(config.build_backbone(dtype=dtype), preprocessor=preprocessor)
 
 
-def create_preprocessor(config, sequence_length=128):
-    """The bundled tokenizer (+ an image converter for a vision config) as a preprocessor."""
+def create_preprocessor(config, sequence_length=128, name=None):
+    """The bundled tokenizer (+ an image converter for a vision config) as a preprocessor.
+
+    `name` (optional) names the preprocessor and, with suffixes, its tokenizer and image
+    converter; Keras' automatic names (`vishwam_tokenizer`, then `vishwam_tokenizer_1`,
+    ...) count every object made in the process, and they are saved with a preset.
+    """
     from vishwam_keras.models.image_converter import VishwamImageConverter
     from vishwam_keras.models.preprocessor import VishwamCausalLMPreprocessor
     from vishwam_keras.models.tokenizer import VishwamTokenizer, default_vocabulary_path
 
+    def named(suffix):
+        return {} if name is None else {"name": f"{name}{suffix}"}
+
     image_converter = None
     if config.vision_encoder_kwargs() is not None:
         image_converter = VishwamImageConverter(
-            image_size=config.image_size, num_channels=config.num_channels
+            image_size=config.image_size, num_channels=config.num_channels, **named("_image_converter")
         )
     return VishwamCausalLMPreprocessor(
-        VishwamTokenizer(proto=default_vocabulary_path()),
+        VishwamTokenizer(proto=default_vocabulary_path(), **named("_tokenizer")),
         image_converter=image_converter,
         sequence_length=sequence_length,
         num_vision_tokens_per_image=config.num_vision_tokens,
+        **named(""),
     )
 
 

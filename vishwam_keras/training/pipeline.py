@@ -414,13 +414,32 @@ def export_without_optimizer(model):
     return copy
 
 
+FASHION_MIN_SEQUENCE_LENGTH = 48
+
+
+def fashion_sequence_length(
+    questions_per_example=1, answer_format="direct", minimum=FASHION_MIN_SEQUENCE_LENGTH
+):
+    """`train_fashion_preset`'s default `sequence_length`: the shortest that holds every
+    fine-tuning VQA example (`pipelines.turns_length` with the preset's preprocessor),
+    at least `minimum` (48: captions fit, and Shakespeare chunks are cut there)."""
+    from vishwam_keras.data.pipelines import turns_length
+    from vishwam_keras.models.factory import create_preprocessor
+
+    # Named, so the preset's own preprocessor, made later, keeps its automatic names.
+    preprocessor = create_preprocessor(
+        config_lib.FASHION_TINY_CONFIG, FASHION_MIN_SEQUENCE_LENGTH, name="sequence_length_probe"
+    )
+    return max(int(minimum), turns_length(preprocessor, questions_per_example, answer_format) - 1)
+
+
 def train_fashion_preset(
-    output_dir=None, total_steps=5000, batch_size=16, sequence_length=48, checkpoint_dir=None,
+    output_dir=None, total_steps=5000, batch_size=16, sequence_length=None, checkpoint_dir=None,
     log_dir=None, seed=0, verbose="auto", fractions=(0.05, 0.2, 0.75), mixture=None,
     freeze_language_model_in_alignment=False, loss_weighting="uncertainty",
     alignment_contrastive_scale=10.0, finetuning_learning_rate=None, questions_per_example=1,
-    question_type_repeats=None, retrieval_steps=3000, retrieval_learning_rate=1e-3,
-    finetuning_contrastive_scale=0.0,
+    question_type_repeats=None, retrieval_steps=2000, retrieval_learning_rate=1e-3,
+    finetuning_contrastive_scale=0.0, answer_format="caption_first",
 ):
     """Train `vishwam_tiny_fashion` through the three-stage curriculum and save the preset.
 
@@ -441,7 +460,12 @@ def train_fashion_preset(
     default: the config's 2e-3, as the other stages; 1e-3 won at 2500 steps and lost at
     5000, see `benchmarks/fashion_training/README.md`). `questions_per_example` (questions
     per VQA example; `sequence_length` must leave room for them) and `question_type_repeats` (how often each type's questions come up) shape
-    the fine-tuning stage's VQA data (`pipelines.multimodal_stage_dataset`).
+    the fine-tuning stage's VQA data (`pipelines.multimodal_stage_dataset`), and so does
+    `answer_format`: `"caption_first"` (the default: every VQA response is the scene's
+    caption, the question's focus, `": "`, then the answer; see
+    `benchmarks/fashion_training/README.md`) or `"direct"` (answers alone).
+    `sequence_length` (`None`: the shortest that holds every fine-tuning VQA example, at
+    least 48) is the preprocessor's; a length too short for the VQA examples is refused.
     `retrieval_steps` (0 for none) adds a fourth stage, `retrieval_alignment`, after the
     three: only the contrastive heads train (`CONTRASTIVE_PATTERNS` without the loss
     weighting; peak learning rate `retrieval_learning_rate`), on caption pairs, with the
@@ -460,12 +484,11 @@ def train_fashion_preset(
 
     from vishwam_keras.data.pipelines import (
         alignment_stage_dataset,
+        check_answer_format,
         check_question_type_repeats,
         check_questions_per_example,
         stage_datasets,
-        turns_length,
     )
-    from vishwam_keras.models.factory import create_preprocessor
 
     alignment_contrastive_scale = check_float("alignment_contrastive_scale", alignment_contrastive_scale)
     finetuning_contrastive_scale = check_float("finetuning_contrastive_scale", finetuning_contrastive_scale)
@@ -476,15 +499,18 @@ def train_fashion_preset(
     retrieval_learning_rate = check_float("retrieval_learning_rate", retrieval_learning_rate, strict=True)
     questions_per_example = check_questions_per_example(questions_per_example)
     question_type_repeats = check_question_type_repeats(question_type_repeats) or None
-    if questions_per_example > 1:
-        preprocessor = create_preprocessor(config_lib.FASHION_TINY_CONFIG, sequence_length)
-        needed = turns_length(preprocessor, questions_per_example)
-        if needed > sequence_length + 1:
-            raise ValueError(
-                f"`questions_per_example={questions_per_example}` needs `sequence_length` >= "
-                f"{needed - 1} (the longest such example packs to {needed} tokens). "
-                f"Received: sequence_length={sequence_length}"
-            )
+    answer_format = check_answer_format(answer_format)
+    sequence_length = check_int("sequence_length", sequence_length, allow_none=True)
+    needed = fashion_sequence_length(questions_per_example, answer_format, minimum=1)
+    if sequence_length is None:
+        sequence_length = max(FASHION_MIN_SEQUENCE_LENGTH, needed)
+    elif needed > sequence_length:
+        raise ValueError(
+            f"`questions_per_example={questions_per_example}` with "
+            f"`answer_format={answer_format!r}` needs `sequence_length` >= {needed} (the "
+            f"longest such example packs to {needed + 1} tokens). Pass sequence_length=None "
+            f"to use that. Received: sequence_length={sequence_length}"
+        )
     output_dir = output_dir or os.path.join(presets_root(), FASHION_PRESET_NAME)
     mixture = dict(FASHION_MIXTURE if mixture is None else mixture)
     stages = default_curriculum(
@@ -522,6 +548,7 @@ def train_fashion_preset(
     datasets = stage_datasets(
         batch_size, seed=seed, repeat=True, mixture=mixture,
         questions_per_example=questions_per_example, question_type_repeats=question_type_repeats,
+        answer_format=answer_format,
     )
     if retrieval_steps:  # caption pairs, drawn in another order than the alignment stage's
         datasets[RETRIEVAL_STAGE] = alignment_stage_dataset("train", batch_size, seed=seed + 1, repeat=True)
@@ -546,6 +573,7 @@ def train_fashion_preset(
                 "finetuning_mixture": mixture,
                 "questions_per_example": questions_per_example,
                 "question_type_repeats": question_type_repeats,
+                "answer_format": answer_format,
                 "loss_weighting": loss_weighting,
                 "alignment_contrastive_scale": alignment_contrastive_scale,
                 "finetuning_contrastive_scale": finetuning_contrastive_scale,
