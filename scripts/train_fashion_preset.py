@@ -4,17 +4,36 @@
 
 Needs Fashion-MNIST (`apt-get install dataset-fashion-mnist`); rerun with the same
 `--checkpoint-dir` to resume after an interruption. Runs under TensorFlow unless
-`KERAS_BACKEND` says otherwise: on 2 CPU cores its training steps take about 0.25-0.3 s
-(about 31 minutes in all, the last stage's 0.12 s steps included) against about 0.5 s under JAX.
-`--retrieval-steps 1000` saves about two minutes (retrieval trains less).
+`KERAS_BACKEND` says otherwise: on 2 CPU cores its training steps take about 0.3 s
+(about 29 minutes in all, the last stage's 0.14 s steps included) against about 0.5 s under
+JAX. Every flag's default is `training.pipeline.train_fashion_preset`'s.
 """
 
 import argparse
+import inspect
 import os
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 from vishwam_keras.training.pipeline import train_fashion_preset  # noqa: E402 (after the backend)
+
+# The flags' defaults are the function's, so the script and the library cannot drift apart.
+DEFAULTS = {
+    name: parameter.default
+    for name, parameter in inspect.signature(train_fashion_preset).parameters.items()
+    if parameter.default is not inspect.Parameter.empty
+}
+
+
+def parse_mixture(text):
+    """`"caption:0.3,vqa:0.6,text:0.1"` -> `{"caption": 0.3, "vqa": 0.6, "text": 0.1}`; `None` stays `None`."""
+    if not text:
+        return None
+    pairs = [item.split(":") for item in text.split(",")]
+    try:
+        return {name.strip(): float(weight) for name, weight in pairs}
+    except ValueError:
+        raise SystemExit(f"--mixture must look like caption:0.3,vqa:0.6,text:0.1. Received: {text!r}") from None
 
 
 def parse_repeats(text):
@@ -29,27 +48,31 @@ def parse_repeats(text):
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--steps", type=int, default=5000)
-    parser.add_argument("--fractions", type=float, nargs=3, default=(0.05, 0.2, 0.75))
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--loss-weighting", choices=("uncertainty", "fixed"), default="uncertainty")
-    parser.add_argument("--alignment-contrastive-scale", type=float, default=10.0,
+    parser.add_argument("--steps", type=int, default=DEFAULTS["total_steps"])
+    parser.add_argument("--fractions", type=float, nargs=3, default=DEFAULTS["fractions"])
+    parser.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"])
+    parser.add_argument("--loss-weighting", choices=("uncertainty", "fixed"), default=DEFAULTS["loss_weighting"])
+    parser.add_argument("--alignment-contrastive-scale", type=float, default=DEFAULTS["alignment_contrastive_scale"],
                         help="factor on the SigLIP term in the alignment stage (1: none)")
-    parser.add_argument("--finetuning-contrastive-scale", type=float, default=0.0,
+    parser.add_argument("--finetuning-contrastive-scale", type=float, default=DEFAULTS["finetuning_contrastive_scale"],
                         help="factor on the SigLIP term in the fine-tuning stage (0: none)")
-    parser.add_argument("--finetuning-learning-rate", type=float, default=None,
+    parser.add_argument("--finetuning-learning-rate", type=float, default=DEFAULTS["finetuning_learning_rate"],
                         help="peak learning rate of the fine-tuning stage (default: 2e-3, as the others)")
-    parser.add_argument("--sequence-length", type=int, default=None,
+    parser.add_argument("--sequence-length", type=int, default=DEFAULTS["sequence_length"],
                         help="tokens per training example (default: the shortest that holds every VQA example, >= 48)")
-    parser.add_argument("--answer-format", choices=("direct", "caption_first"), default="caption_first",
-                        help="VQA responses: the answer alone, or the scene's caption, ', so ', the answer")
-    parser.add_argument("--questions-per-example", type=int, default=1,
+    parser.add_argument("--answer-format", choices=("direct", "caption_first"), default=DEFAULTS["answer_format"],
+                        help="VQA responses: the answer alone, or the scene's caption, the question's focus, ': ', "
+                             "the answer")
+    parser.add_argument("--questions-per-example", type=int, default=DEFAULTS["questions_per_example"],
                         help="questions of one scene per fine-tuning VQA example (multi-turn)")
     parser.add_argument("--question-type-repeats", default=None, metavar="TYPE:N,...",
                         help="how often each question type's questions come up, e.g. exists:3")
-    parser.add_argument("--retrieval-steps", type=int, default=2000,
+    parser.add_argument("--retrieval-steps", type=int, default=DEFAULTS["retrieval_steps"],
                         help="steps of the last stage, the contrastive heads alone on caption pairs (0: none)")
-    parser.add_argument("--retrieval-learning-rate", type=float, default=1e-3)
+    parser.add_argument("--mixture", default=None, metavar="SOURCE:WEIGHT,...",
+                        help="the fine-tuning stage's data, e.g. caption:0.3,vqa:0.6,text:0.1 "
+                             "(default: training.pipeline.FASHION_MIXTURE)")
+    parser.add_argument("--retrieval-learning-rate", type=float, default=DEFAULTS["retrieval_learning_rate"])
     parser.add_argument("--output", default=None)
     parser.add_argument("--checkpoint-dir", default="fashion_checkpoints")
     parser.add_argument("--log-dir", default="benchmarks/fashion_training")
@@ -63,5 +86,6 @@ if __name__ == "__main__":
         sequence_length=args.sequence_length, questions_per_example=args.questions_per_example,
         question_type_repeats=parse_repeats(args.question_type_repeats), answer_format=args.answer_format,
         retrieval_steps=args.retrieval_steps, retrieval_learning_rate=args.retrieval_learning_rate,
+        mixture=parse_mixture(args.mixture),
     )
     print(f"Saved preset to {preset}; log {result.log_path}; plot {result.plot_path}")
