@@ -172,13 +172,13 @@ def curriculum_mixture(config, finetuning_mixture=None):
     `multimodal_finetuning` (or any other stage) `finetuning_mixture` (defaults to
     `pipelines.DEFAULT_MIXTURE`).
     """
-    from vishwam_keras.data.pipelines import DEFAULT_MIXTURE
+    from vishwam_keras.data.pipelines import DEFAULT_MIXTURE, MIXTURE_SOURCES
     from vishwam_keras.training.curriculum import as_stages, default_curriculum
 
     finetuning_mixture = DEFAULT_MIXTURE if finetuning_mixture is None else finetuning_mixture
     total_weight = float(sum(finetuning_mixture.values()))
     stages = as_stages(config.curriculum_stages or default_curriculum(config.total_steps))
-    mixture = {"text": 0.0, "caption": 0.0, "vqa": 0.0}
+    mixture = dict.fromkeys(MIXTURE_SOURCES, 0.0)
     for stage in stages:
         source = STAGE_SOURCES.get(stage.name)
         if source is not None:

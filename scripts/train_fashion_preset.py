@@ -70,8 +70,9 @@ if __name__ == "__main__":
     parser.add_argument("--retrieval-steps", type=int, default=DEFAULTS["retrieval_steps"],
                         help="steps of the last stage, the contrastive heads alone on caption pairs (0: none)")
     parser.add_argument("--mixture", default=None, metavar="SOURCE:WEIGHT,...",
-                        help="the fine-tuning stage's data, e.g. caption:0.3,vqa:0.6,text:0.1 "
-                             "(default: training.pipeline.FASHION_MIXTURE)")
+                        help="the fine-tuning stage's data, e.g. caption:0.3,vqa:0.6,text:0.1; "
+                             "sources: text, caption, vqa, counterfactual_vqa (default: "
+                             "training.pipeline.FASHION_MIXTURE)")
     parser.add_argument("--retrieval-learning-rate", type=float, default=DEFAULTS["retrieval_learning_rate"])
     parser.add_argument("--output", default=None)
     parser.add_argument("--checkpoint-dir", default="fashion_checkpoints")

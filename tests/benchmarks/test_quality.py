@@ -38,6 +38,11 @@ def test_baseline_mixture_weights_each_source_by_the_steps_that_read_it():
     assert mixture == pytest.approx({"text": 0.1, "caption": 0.2 + 0.7 * 0.4, "vqa": 0.7 * 0.6})
     default = quality.curriculum_mixture(config)  # the pipelines' DEFAULT_MIXTURE, 0.3 / 0.7
     assert default == pytest.approx({"text": 0.1, "caption": 0.2 + 0.7 * 0.3, "vqa": 0.7 * 0.7})
+    # every pipelines source passes through, counterfactual VQA included
+    mixture = quality.curriculum_mixture(config, {"caption": 0.4, "vqa": 0.4, "counterfactual_vqa": 0.2})
+    assert mixture == pytest.approx(
+        {"text": 0.1, "caption": 0.2 + 0.7 * 0.4, "vqa": 0.7 * 0.4, "counterfactual_vqa": 0.7 * 0.2}
+    )
 
 
 def test_a_preset_without_metadata_gets_the_training_scripts_own_defaults(tmp_path):

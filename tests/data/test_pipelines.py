@@ -293,3 +293,74 @@ def test_turns_length_holds_every_multi_question_example(preprocessor):
     assert (ends == 3).all(), ends  # nothing cut: every turn keeps its <eos>
     assert pipelines.turns_length(preprocessor, 1) < pipelines.turns_length(preprocessor, 2)
     assert pipelines.as_turns(pipelines.caption_examples("test", 2), 1).element_spec["prompts"].shape == ()
+
+
+def _labels_of_caption(caption):
+    """Class ids from a caption `"a sneaker and a bag above a dress and a coat"`, parsed."""
+    names = {fashion_scenes.with_article(name): c for c, name in enumerate(fashion_scenes.SHORT_NAMES)}
+    top, bottom = caption.split(" above ")
+    return [names[item] for row in (top, bottom) for item in row.split(" and ")]
+
+
+@requires_fashion_mnist
+def test_counterfactual_vqa_answers_the_edited_description(preprocessor):
+    scenes = fashion_scenes.make_scenes("test", 30)
+    examples = list(pipelines.counterfactual_vqa_examples("test", 30, shuffle=False).as_numpy_iterator())
+    held_out = set(fashion_scenes.held_out_position_ids())
+    by_scene = {}
+    for example in examples:
+        prompt = example["prompts"].decode()
+        head, description = prompt.split(" Answer: ")
+        question = head[len("<start_of_image> Question: "):]
+        assert description.endswith(".")
+        edited = _labels_of_caption(description[:-1])
+        matches = [
+            scene for scene in range(30)
+            if np.array_equal(scenes.images[scene], example["images"][0])
+        ]
+        assert len(matches) == 1
+        scene = matches[0]
+        real = scenes.labels[scene].tolist()
+        # one item swapped for another class, never into a held-out (class, position) pair
+        assert sum(a != b for a, b in zip(edited, real)) == 1
+        assert not {(c, p) for p, c in enumerate(edited)} & held_out
+        # the answer is the edited scene's, read off the parsed description
+        truth = {qa.question: qa.answer for qa in fashion_scenes.question_answers(edited, scene)}
+        focus = fashion_scenes.QUESTION_FOCUS[fashion_scenes.QUESTIONS.index(question)]
+        assert example["responses"].decode() == f" {focus}: {truth[question]}"
+        by_scene.setdefault(scene, []).append(question)
+    assert sorted(by_scene) == list(range(30))
+    edits = {scene: _labels_of_caption(
+        next(e for e in examples if np.array_equal(e["images"][0], scenes.images[scene]))["prompts"]
+        .decode().split(" Answer: ")[1][:-1]) for scene in range(30)}
+    for scene, questions in by_scene.items():  # every question of the edited scene, once
+        assert sorted(questions) == sorted(qa.question for qa in fashion_scenes.question_answers(edits[scene], scene))
+    # on some scenes the edit changes the answer: the image alone would not give it
+    changed = sum(
+        dict((qa.question, qa.answer) for qa in fashion_scenes.question_answers(edits[s], s)).get(q.question)
+        not in (None, q.answer)
+        for s in range(30) for q in scenes.qa[s]
+    )
+    assert changed > 30
+    # the description is prompt, so the loss covers only the focus, the answer and <eos>
+    preprocessor.sequence_length = 96
+    batch = {key: np.stack([e[key] for e in examples[:8]]) for key in examples[0]}
+    x, y, w = preprocessor(batch)
+    for response, weights in zip(batch["responses"], np.asarray(w)):
+        assert weights.sum() == len(np.asarray(preprocessor.tokenizer(response.decode()))) + 1
+    again = list(pipelines.counterfactual_vqa_examples("test", 30, shuffle=False).take(5).as_numpy_iterator())
+    assert [e["prompts"] for e in again] == [e["prompts"] for e in examples[:5]]
+
+
+@requires_fashion_mnist
+def test_counterfactual_vqa_mixes_only_with_caption_first_single_questions():
+    mixture = {"caption": 0.5, "counterfactual_vqa": 0.5}
+    dataset = pipelines.multimodal_stage_dataset(
+        "test", 8, mixture=mixture, num_scenes=20, repeat=True, answer_format="caption_first"
+    )
+    prompts = [p.decode() for b in dataset.take(10).as_numpy_iterator() for p in b["prompts"]]
+    edited = sum(p.startswith("<start_of_image> Question:") and p.endswith(".") for p in prompts)
+    assert abs(edited / 80 - 0.5) < 0.15
+    for kwargs in ({}, {"answer_format": "caption_first", "questions_per_example": 2}):
+        with pytest.raises(ValueError, match="counterfactual_vqa.*caption_first"):
+            pipelines.multimodal_stage_dataset("test", 8, mixture=mixture, num_scenes=20, **kwargs)

@@ -13,7 +13,11 @@ image examples in one dataset; a preprocessor without an image converter ignores
 - vqa: prompt `"<start_of_image> Question: How many shoes are there? Answer:"`, response
   `" two"`; with `answer_format="caption_first"` the response describes the scene and
   restates what is asked first, `" a sneaker and a bag above a dress and a coat. shoes: one"`
-  (the answer follows the last `ANSWER_SEPARATOR`).
+  (the answer follows the last `ANSWER_SEPARATOR`);
+- counterfactual_vqa (`caption_first` only): the description is given, with one item
+  swapped for another class, at the end of the prompt, and the response answers from it,
+  `"... Answer: a sneaker and a bag above a dress and a sandal."` -> `" shoes: two"`: the
+  model learns to answer from what it has written, even where the image disagrees.
 
 Shuffling is stateless (`tf.random.experimental.index_shuffle` with `seed` and the epoch),
 so a seed gives the same batches whatever TensorFlow's global seed is; with `repeat=True`
@@ -45,12 +49,17 @@ ANSWER_SEPARATOR = ": "
 TEXT_VALIDATION_WORKS = ("tempest", "lovers_complaint")
 DEFAULT_SEQUENCE_CHARS = 512
 DEFAULT_MIXTURE = {"caption": 0.3, "vqa": 0.7}
-MIXTURE_SOURCES = ("text", "caption", "vqa")
+MIXTURE_SOURCES = ("text", "caption", "vqa", "counterfactual_vqa")
 # Stage names of `training.curriculum.default_curriculum`, so `stage_datasets(...)` can be
 # passed to `run_curriculum` as is.
 STAGE_NAMES = ("text_pretraining", "vision_alignment", "multimodal_finetuning")
 
 _STREAMS = {"text": 0, "caption": 1, "vqa": 2, "mixture": 3}
+# The counterfactual VQA stream shuffles as the VQA stream of `seed + COUNTERFACTUAL_SEED_OFFSET`
+# (a stream of its own in `_STREAMS` would change every other stream's keys), and its edits
+# come from their own generator stream, `COUNTERFACTUAL_EDIT_STREAM`.
+COUNTERFACTUAL_SEED_OFFSET = 7919
+COUNTERFACTUAL_EDIT_STREAM = 4
 _SCENE_SHAPE = (1, fashion_scenes.SCENE_SIZE, fashion_scenes.SCENE_SIZE, 1)
 
 
@@ -101,6 +110,34 @@ def _scene_table(split, num_scenes, scene_seed, data_dir):
     ]
     qa = np.asarray(qa, np.int64).reshape(-1, 3)
     return source_images, indices, captions, qa
+
+
+@functools.lru_cache(maxsize=4)
+def _counterfactual_table(split, num_scenes, scene_seed, data_dir):
+    """Each scene with one item swapped: `(captions, qa)` of the edited scenes.
+
+    Scene `i` changes the class at one position to another class, both drawn uniformly
+    and stateless in `(scene_seed, split, i)`; a held-out (class, position) pair
+    (`fashion_scenes.HELD_OUT_PAIRS`) is never written, so the compositional test stays
+    unseen in text too. `qa` rows are `(scene, question_id, answer_id)` of the edited
+    labels, every question the edited scene has.
+    """
+    _, labels = fashion_scenes.scene_indices(split, num_scenes, scene_seed, data_dir)
+    held_out = set(fashion_scenes.held_out_position_ids())
+    uniforms = np.random.default_rng(
+        [scene_seed, fashion_scenes.SPLITS.index(split), COUNTERFACTUAL_EDIT_STREAM]
+    ).random((len(labels), 2))
+    captions, qa = [], []
+    for scene, (row, (u_position, u_class)) in enumerate(zip(labels.tolist(), uniforms)):
+        position = int(u_position * len(row))
+        others = [
+            c for c in range(fashion_mnist.NUM_CLASSES)
+            if c != row[position] and (c, position) not in held_out
+        ]
+        row[position] = others[int(u_class * len(others))]
+        captions.append(" " + fashion_scenes.caption(row) + ".")
+        qa.extend((scene, q, a) for q, a in fashion_scenes.question_answer_ids(row, scene))
+    return captions, np.asarray(qa, np.int64).reshape(-1, 3)
 
 
 def _num_scenes(split, num_scenes):
@@ -292,6 +329,52 @@ def _responder(captions, answer_format):
         )
 
     return respond
+
+
+def counterfactual_vqa_examples(
+    split="train",
+    num_scenes=None,
+    seed=0,
+    repeat=False,
+    scene_seed=fashion_scenes.DEFAULT_SEED,
+    data_dir=None,
+    shuffle=True,
+):
+    """VQA examples whose scene description is given, edited, and answered from (unbatched).
+
+    For `answer_format="caption_first"` models, which describe the scene before answering:
+    the prompt is the VQA prompt followed by the scene's caption with one item swapped
+    for another class (`_counterfactual_table`) and `"."`, and the response is the rest
+    of a caption-first answer, the question's focus, `ANSWER_SEPARATOR` and the answer
+    *of the edited scene*: `"<start_of_image> Question: Is there a sandal? Answer: a
+    sneaker and a bag above a dress and a sandal."` -> `" a sandal: yes"`. The image is the
+    real scene. The description sits in the prompt, so the loss never teaches the wrong
+    caption; what it teaches is to answer from the words written, which is what a
+    caption-first answer relies on when its own description is right and the direct
+    reading of the image is not. One example per (scene, question of the edited scene).
+    """
+    table = _scene_table(split, _num_scenes(split, num_scenes), scene_seed, data_dir)
+    pool, indices = tf.constant(table[0]), tf.constant(table[1])
+    captions, qa = _counterfactual_table(split, _num_scenes(split, num_scenes), scene_seed, data_dir)
+    captions, qa = tf.constant(captions), tf.constant(qa)
+    questions, _ = _qa_strings()
+    focus = tf.constant(list(fashion_scenes.QUESTION_FOCUS))
+    plain = tf.constant(list(fashion_scenes.ANSWERS))
+
+    def to_example(row):
+        scene, question, answer = qa[row, 0], qa[row, 1], qa[row, 2]
+        prompt = tf.strings.join(
+            [VQA_PROMPT_PREFIX, questions[question], VQA_PROMPT_SUFFIX, captions[scene]]
+        )
+        return {
+            "prompts": prompt,
+            "responses": tf.strings.join([" ", focus[question], ANSWER_SEPARATOR, plain[answer]]),
+            "images": _scene_image(pool, indices[scene]),
+            "image_mask": tf.ones((1,), tf.int32),
+        }
+
+    rows = _indices(int(qa.shape[0]), seed + COUNTERFACTUAL_SEED_OFFSET, "vqa", repeat, shuffle)
+    return rows.map(to_example, num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def check_answer_format(answer_format):
@@ -559,7 +642,9 @@ def multimodal_stage_dataset(
         split: str. One of `fashion_scenes.SPLITS`; text uses Shakespeare's `"train"` for
             `"train"` and its `"validation"` works otherwise. Defaults to `"train"`.
         batch_size: int. Examples per batch. Defaults to `32`.
-        mixture: dict source -> weight, sources `"caption"`, `"vqa"`, `"text"`.
+        mixture: dict source -> weight, sources `"caption"`, `"vqa"`, `"text"` and
+            `"counterfactual_vqa"` (`counterfactual_vqa_examples`; needs
+            `answer_format="caption_first"` and one question per example).
             Defaults to `{"caption": 0.3, "vqa": 0.7}`.
         num_scenes, seed, repeat, scene_seed, data_dir, drop_remainder: as in
             `alignment_stage_dataset`.
@@ -589,12 +674,22 @@ def multimodal_stage_dataset(
             f"`mixture` must map sources from {MIXTURE_SOURCES} to weights. Received: {mixture!r}"
         )
     sources = [name for name in MIXTURE_SOURCES if mixture.get(name, 0) > 0]
+    if "counterfactual_vqa" in sources and (answer_format != "caption_first" or turns > 1):
+        raise ValueError(
+            "The `counterfactual_vqa` source answers from a scene description, so it needs "
+            "answer_format='caption_first' and questions_per_example=1. Received: "
+            f"answer_format={answer_format!r}, questions_per_example={turns} with "
+            f"mixture={mixture!r}. Drop it from `mixture` or change those."
+        )
     builders = {
         "text": lambda: text_examples(_text_split(split), sequence_chars, seed, repeat),
         "caption": lambda: caption_examples(split, num_scenes, seed, repeat, scene_seed, data_dir),
         "vqa": lambda: vqa_examples(
             split, num_scenes, seed, repeat, scene_seed, data_dir, questions_per_example=turns,
             question_type_repeats=question_type_repeats, answer_format=answer_format,
+        ),
+        "counterfactual_vqa": lambda: counterfactual_vqa_examples(
+            split, num_scenes, seed, repeat, scene_seed, data_dir
         ),
     }
     weights = [mixture[name] for name in sources]
