@@ -320,15 +320,24 @@ def _responder(captions, answer_format):
     if answer_format == "direct":
         return lambda scene, question, answer: tf.gather(answers, answer)
     captions = tf.constant(captions)  # with their leading space
+    focus_answer = _focus_answer()
+
+    def respond(scene, question, answer):
+        return tf.strings.join([captions[scene], ". ", focus_answer(question, answer)])
+
+    return respond
+
+
+def _focus_answer():
+    """`focus_answer(question_ids, answer_ids)`: the end of a caption-first response, the
+    question's focus, `ANSWER_SEPARATOR` and the answer (`"a bag: yes"`), as tensors."""
     focus = tf.constant(list(fashion_scenes.QUESTION_FOCUS))
     plain = tf.constant(list(fashion_scenes.ANSWERS))
 
-    def respond(scene, question, answer):
-        return tf.strings.join(
-            [captions[scene], ". ", tf.gather(focus, question), ANSWER_SEPARATOR, tf.gather(plain, answer)]
-        )
+    def focus_answer(question, answer):
+        return tf.strings.join([tf.gather(focus, question), ANSWER_SEPARATOR, tf.gather(plain, answer)])
 
-    return respond
+    return focus_answer
 
 
 def counterfactual_vqa_examples(
@@ -353,13 +362,13 @@ def counterfactual_vqa_examples(
     caption-first answer relies on when its own description is right and the direct
     reading of the image is not. One example per (scene, question of the edited scene).
     """
-    table = _scene_table(split, _num_scenes(split, num_scenes), scene_seed, data_dir)
-    pool, indices = tf.constant(table[0]), tf.constant(table[1])
-    captions, qa = _counterfactual_table(split, _num_scenes(split, num_scenes), scene_seed, data_dir)
+    num_scenes = _num_scenes(split, num_scenes)
+    pool, indices, _, _ = _scene_table(split, num_scenes, scene_seed, data_dir)
+    pool, indices = tf.constant(pool), tf.constant(indices)
+    captions, qa = _counterfactual_table(split, num_scenes, scene_seed, data_dir)
     captions, qa = tf.constant(captions), tf.constant(qa)
     questions, _ = _qa_strings()
-    focus = tf.constant(list(fashion_scenes.QUESTION_FOCUS))
-    plain = tf.constant(list(fashion_scenes.ANSWERS))
+    focus_answer = _focus_answer()
 
     def to_example(row):
         scene, question, answer = qa[row, 0], qa[row, 1], qa[row, 2]
@@ -368,7 +377,7 @@ def counterfactual_vqa_examples(
         )
         return {
             "prompts": prompt,
-            "responses": tf.strings.join([" ", focus[question], ANSWER_SEPARATOR, plain[answer]]),
+            "responses": tf.strings.join([" ", focus_answer(question, answer)]),
             "images": _scene_image(pool, indices[scene]),
             "image_mask": tf.ones((1,), tf.int32),
         }
