@@ -165,27 +165,27 @@ def baseline_training_config(training, steps=None, seed=None):
     )
 
 
-def curriculum_mixture(config, finetuning_mixture=None):
+def curriculum_mixture(config, finetuning_mixture=None, text_mixture=None):
     """The curriculum's data as one mixture: each source weighted by the steps that read it.
 
-    `text_pretraining` reads Shakespeare, `vision_alignment` captions, and
-    `multimodal_finetuning` (or any other stage) `finetuning_mixture` (defaults to
-    `pipelines.DEFAULT_MIXTURE`).
+    `text_pretraining` reads `text_mixture` (`None`: Shakespeare alone), `vision_alignment`
+    captions, and `multimodal_finetuning` (or any other stage) `finetuning_mixture`
+    (defaults to `pipelines.DEFAULT_MIXTURE`).
     """
     from vishwam_keras.data.pipelines import DEFAULT_MIXTURE, MIXTURE_SOURCES
     from vishwam_keras.training.curriculum import as_stages, default_curriculum
 
     finetuning_mixture = DEFAULT_MIXTURE if finetuning_mixture is None else finetuning_mixture
-    total_weight = float(sum(finetuning_mixture.values()))
+    stage_mixtures = {name: {source: 1.0} for name, source in STAGE_SOURCES.items()}
+    if text_mixture:
+        stage_mixtures["text_pretraining"] = text_mixture
     stages = as_stages(config.curriculum_stages or default_curriculum(config.total_steps))
     mixture = dict.fromkeys(MIXTURE_SOURCES, 0.0)
     for stage in stages:
-        source = STAGE_SOURCES.get(stage.name)
-        if source is not None:
-            mixture[source] += stage.steps
-        else:
-            for name, weight in finetuning_mixture.items():
-                mixture[name] += stage.steps * weight / total_weight
+        read = stage_mixtures.get(stage.name, finetuning_mixture)
+        total_weight = float(sum(read.values()))
+        for name, weight in read.items():
+            mixture[name] += stage.steps * weight / total_weight
     total = sum(mixture.values())
     return {name: weight / total for name, weight in mixture.items() if weight > 0}
 
@@ -205,7 +205,7 @@ def train_baseline(preset, steps=None, seed=None, num_train_scenes=None, referen
 
     training = preset_training_record(preset)
     config = baseline_training_config(training, steps, seed)
-    mixture = curriculum_mixture(config, preset_finetuning_mixture(training))
+    mixture = curriculum_mixture(config, preset_finetuning_mixture(training), training.get("text_mixture"))
     print(f"Baseline: {config.total_steps} steps, batch {config.batch_size}, seed {config.seed}, "
           f"no curriculum, no contrastive loss; data mixture {_format_mixture(mixture)}")
     dataset = multimodal_stage_dataset(

@@ -71,8 +71,11 @@ if __name__ == "__main__":
                         help="steps of the last stage, the contrastive heads alone on caption pairs (0: none)")
     parser.add_argument("--mixture", default=None, metavar="SOURCE:WEIGHT,...",
                         help="the fine-tuning stage's data, e.g. caption:0.3,vqa:0.6,text:0.1; "
-                             "sources: text, caption, vqa, counterfactual_vqa (default: "
+                             "sources: text, caption, vqa, counterfactual_vqa, described_vqa (default: "
                              "training.pipeline.FASHION_MIXTURE)")
+    parser.add_argument("--text-mixture", default=None, metavar="SOURCE:WEIGHT,...",
+                        help="the text stage's data, e.g. text:0.2,described_vqa:0.8; sources: text, "
+                             "described_vqa (default: Shakespeare alone)")
     parser.add_argument("--retrieval-learning-rate", type=float, default=DEFAULTS["retrieval_learning_rate"])
     parser.add_argument("--output", default=None)
     parser.add_argument("--checkpoint-dir", default="fashion_checkpoints")
@@ -87,6 +90,6 @@ if __name__ == "__main__":
         sequence_length=args.sequence_length, questions_per_example=args.questions_per_example,
         question_type_repeats=parse_repeats(args.question_type_repeats), answer_format=args.answer_format,
         retrieval_steps=args.retrieval_steps, retrieval_learning_rate=args.retrieval_learning_rate,
-        mixture=parse_mixture(args.mixture),
+        mixture=parse_mixture(args.mixture), text_mixture=parse_mixture(args.text_mixture),
     )
     print(f"Saved preset to {preset}; log {result.log_path}; plot {result.plot_path}")

@@ -43,6 +43,11 @@ def test_baseline_mixture_weights_each_source_by_the_steps_that_read_it():
     assert mixture == pytest.approx(
         {"text": 0.1, "caption": 0.2 + 0.7 * 0.4, "vqa": 0.7 * 0.4, "counterfactual_vqa": 0.7 * 0.2}
     )
+    # a text stage that also reads described VQA splits its steps between its sources
+    mixture = quality.curriculum_mixture(config, {"caption": 0.4, "vqa": 0.6}, {"text": 1, "described_vqa": 3})
+    assert mixture == pytest.approx(
+        {"text": 0.025, "described_vqa": 0.075, "caption": 0.2 + 0.7 * 0.4, "vqa": 0.7 * 0.6}
+    )
 
 
 def test_a_preset_without_metadata_gets_the_training_scripts_own_defaults(tmp_path):

@@ -158,6 +158,22 @@ def test_stage_datasets_for_the_default_curriculum():
 
 
 @requires_fashion_mnist
+def test_stage_datasets_text_stage_reads_its_text_mixture():
+    datasets = pipelines.stage_datasets(
+        8, split="test", num_scenes=10, sequence_chars=64, repeat=True, answer_format="caption_first",
+        text_mixture={"described_vqa": 1.0},
+    )
+    batch = next(iter(datasets["text_pretraining"]))
+    _check_batch(batch, 8)
+    assert all(p.decode().startswith("Question: ") for p in batch["prompts"].numpy())
+    assert not batch["image_mask"].numpy().any()  # the text stage sees no image
+    for text_mixture in ({"text": 0.5, "caption": 0.5}, {"vqa": 1.0}):
+        with pytest.raises(ValueError, match="text_mixture"):
+            pipelines.stage_datasets(8, split="test", num_scenes=10, text_mixture=text_mixture,
+                                     answer_format="caption_first")
+
+
+@requires_fashion_mnist
 def test_multi_question_vqa_examples_are_questions_of_their_scene():
     scenes = fashion_scenes.make_scenes("test", 5)
     examples = list(
@@ -350,6 +366,55 @@ def test_counterfactual_vqa_answers_the_edited_description(preprocessor):
         assert weights.sum() == len(np.asarray(preprocessor.tokenizer(response.decode()))) + 1
     again = list(pipelines.counterfactual_vqa_examples("test", 30, shuffle=False).take(5).as_numpy_iterator())
     assert [e["prompts"] for e in again] == [e["prompts"] for e in examples[:5]]
+
+
+@requires_fashion_mnist
+def test_described_vqa_answers_from_the_true_description_without_an_image(preprocessor):
+    scenes = fashion_scenes.make_scenes("test", 20)
+    examples = list(pipelines.described_vqa_examples("test", 20, shuffle=False).as_numpy_iterator())
+    # unshuffled, one example per (scene, question) in the scenes' order
+    flat = [(scene, qa) for scene in range(20) for qa in scenes.qa[scene]]
+    assert len(examples) == len(flat)
+    for example, (scene, qa) in zip(examples, flat):
+        head, description = example["prompts"].decode().split(" Answer: ")
+        assert head == f"Question: {qa.question}" and description.endswith(".")
+        # the true scene's description, parsed back to its labels
+        assert _labels_of_caption(description[:-1]) == scenes.labels[scene].tolist()
+        focus = fashion_scenes.QUESTION_FOCUS[fashion_scenes.QUESTIONS.index(qa.question)]
+        assert example["responses"].decode() == f" {focus}: {qa.answer}"
+        # no image: a black slot that is masked out
+        assert example["image_mask"].tolist() == [0] and not example["images"].any()
+    questions_seen = [(scene, qa.question) for scene, qa in flat]
+    types = {fashion_scenes.QUESTION_TYPE_OF[fashion_scenes.QUESTIONS.index(q)] for _, q in questions_seen}
+    assert types == set(fashion_scenes.QUESTION_TYPES)
+    # the description is prompt: the loss covers the focus, the answer and <eos>, and no
+    # image token is packed
+    preprocessor.sequence_length = 64
+    batch = {key: np.stack([e[key] for e in examples[:8]]) for key in examples[0]}
+    x, y, w = preprocessor(batch)
+    image_token = preprocessor.tokenizer.token_to_id(IMAGE_TOKEN)
+    assert not (np.asarray(x["token_ids"]) == image_token).any()
+    for response, weights in zip(batch["responses"], np.asarray(w)):
+        assert weights.sum() == len(np.asarray(preprocessor.tokenizer(response.decode()))) + 1
+    shuffled = [e["prompts"] for e in pipelines.described_vqa_examples("test", 20, seed=3).as_numpy_iterator()]
+    assert sorted(shuffled) == sorted(e["prompts"] for e in examples) and shuffled != [e["prompts"] for e in examples]
+
+
+@requires_fashion_mnist
+def test_described_vqa_mixes_with_text_and_only_for_caption_first_single_questions():
+    mixture = {"text": 0.5, "described_vqa": 0.5}
+    dataset = pipelines.multimodal_stage_dataset(
+        "test", 8, mixture=mixture, num_scenes=20, repeat=True, answer_format="caption_first"
+    )
+    batches = list(dataset.take(10))
+    for batch in batches:
+        _check_batch(batch, 8)
+    prompts = [p.decode() for b in batches for p in b["prompts"].numpy()]
+    assert abs(sum(p.startswith("Question: ") for p in prompts) / 80 - 0.5) < 0.15
+    assert all(p == "" or p.startswith("Question: ") for p in prompts)
+    for kwargs in ({}, {"answer_format": "caption_first", "questions_per_example": 2}):
+        with pytest.raises(ValueError, match="described_vqa.*caption_first"):
+            pipelines.multimodal_stage_dataset("test", 8, mixture=mixture, num_scenes=20, **kwargs)
 
 
 @requires_fashion_mnist

@@ -142,6 +142,9 @@ def test_bad_configs_fail_before_training(kwargs, match):
         (dict(retrieval_steps=-1), "retrieval_steps"),
         (dict(finetuning_contrastive_scale=-1.0), "finetuning_contrastive_scale"),
         (dict(retrieval_learning_rate=0.0), "retrieval_learning_rate"),
+        (dict(text_mixture={"caption": 1.0}), "text_mixture"),
+        (dict(text_mixture={"described_vqa": 0}), "text_mixture"),
+        (dict(text_mixture={"described_vqa": 1.0}, answer_format="direct"), "caption_first"),
     ],
 )
 def test_train_fashion_preset_checks_its_arguments_first(kwargs, match, monkeypatch):
@@ -198,6 +201,8 @@ def test_train_fashion_preset_sizes_its_sequences_for_the_answer_format(monkeypa
 
     def datasets(*args, **kwargs):
         seen["answer_format"] = kwargs["answer_format"]
+        if kwargs["text_mixture"] is not None:
+            seen["text_mixture"] = kwargs["text_mixture"]
         return {name: name for name in pipelines.STAGE_NAMES}
 
     def capture(datasets, config=None, verbose=None):
@@ -221,6 +226,9 @@ def test_train_fashion_preset_sizes_its_sequences_for_the_answer_format(monkeypa
     assert (preprocessor.name, preprocessor.tokenizer.name, preprocessor.image_converter.name) == (
         "check", "check_tokenizer", "check_image_converter"
     )
+    with pytest.raises(Stop):  # the text stage's mixture reaches the stage datasets
+        pipeline.train_fashion_preset(total_steps=100, retrieval_steps=0, text_mixture={"text": 1, "described_vqa": 3})
+    assert seen["text_mixture"] == {"text": 1, "described_vqa": 3}
 
 
 def test_export_without_optimizer_saves_every_layer_trainable(tmp_path):

@@ -17,7 +17,12 @@ image examples in one dataset; a preprocessor without an image converter ignores
 - counterfactual_vqa (`caption_first` only): the description is given, with one item
   swapped for another class, at the end of the prompt, and the response answers from it,
   `"... Answer: a sneaker and a bag above a dress and a sandal."` -> `" shoes: two"`: the
-  model learns to answer from what it has written, even where the image disagrees.
+  model learns to answer from what it has written, even where the image disagrees;
+- described_vqa (text only, black image with `image_mask` 0): the same answers from a
+  written description and no image, `"Question: How many shoes are there? Answer: a
+  sneaker and a bag above a dress and a coat."` -> `" shoes: one"`: reading
+  comprehension over scene descriptions, which a language model can learn before it
+  sees an image (the text stage of `train_fashion_preset`).
 
 Shuffling is stateless (`tf.random.experimental.index_shuffle` with `seed` and the epoch),
 so a seed gives the same batches whatever TensorFlow's global seed is; with `repeat=True`
@@ -49,7 +54,8 @@ ANSWER_SEPARATOR = ": "
 TEXT_VALIDATION_WORKS = ("tempest", "lovers_complaint")
 DEFAULT_SEQUENCE_CHARS = 512
 DEFAULT_MIXTURE = {"caption": 0.3, "vqa": 0.7}
-MIXTURE_SOURCES = ("text", "caption", "vqa", "counterfactual_vqa")
+MIXTURE_SOURCES = ("text", "caption", "vqa", "counterfactual_vqa", "described_vqa")
+TEXT_ONLY_SOURCES = ("text", "described_vqa")
 # Stage names of `training.curriculum.default_curriculum`, so `stage_datasets(...)` can be
 # passed to `run_curriculum` as is.
 STAGE_NAMES = ("text_pretraining", "vision_alignment", "multimodal_finetuning")
@@ -60,6 +66,9 @@ _STREAMS = {"text": 0, "caption": 1, "vqa": 2, "mixture": 3}
 # come from their own generator stream, `COUNTERFACTUAL_EDIT_STREAM`.
 COUNTERFACTUAL_SEED_OFFSET = 7919
 COUNTERFACTUAL_EDIT_STREAM = 4
+# The described-VQA stream likewise shuffles as the VQA stream of `seed + DESCRIBED_SEED_OFFSET`.
+DESCRIBED_SEED_OFFSET = 104729
+DESCRIBED_VQA_PROMPT_PREFIX = "Question: "
 _SCENE_SHAPE = (1, fashion_scenes.SCENE_SIZE, fashion_scenes.SCENE_SIZE, 1)
 
 
@@ -386,6 +395,70 @@ def counterfactual_vqa_examples(
     return rows.map(to_example, num_parallel_calls=tf.data.AUTOTUNE)
 
 
+def described_vqa_examples(
+    split="train",
+    num_scenes=None,
+    seed=0,
+    repeat=False,
+    scene_seed=fashion_scenes.DEFAULT_SEED,
+    data_dir=None,
+    shuffle=True,
+    image_slots=True,
+):
+    """Questions answered from a written scene description, without the image (unbatched).
+
+    The text-only half of a caption-first answer: the prompt is the question without
+    `<start_of_image>`, then the scene's true caption and `"."`; the response is the
+    question's focus, `ANSWER_SEPARATOR` and the answer: `"Question: Is there a bag?
+    Answer: a sneaker and a bag above a dress and a coat."` -> `" a bag: yes"`. The
+    description sits in the prompt, so the loss is on the lookup alone ("is the word
+    asked about among the four written?", "what is written next to it?"). A model that
+    learns this in its text stage meets caption-first VQA already able to answer from
+    its own description; with the image there from the start the lookup competes with
+    a direct reading of the image and is learnt slowly (see
+    `benchmarks/fashion_training/README.md`). One example per (scene, question), every
+    question type; with `image_slots` (the default) each example carries a black image
+    with `image_mask` 0, as `text_examples`, so it mixes with image examples.
+    """
+    _, _, captions, qa = _scene_table(split, _num_scenes(split, num_scenes), scene_seed, data_dir)
+    described = tf.constant([caption + "." for caption in captions])
+    qa = tf.constant(qa)
+    questions, _ = _qa_strings()
+    focus_answer = _focus_answer()
+    blank = tf.zeros(_SCENE_SHAPE, tf.uint8)
+
+    def to_example(row):
+        scene, question, answer = qa[row, 0], qa[row, 1], qa[row, 2]
+        prompt = tf.strings.join(
+            [DESCRIBED_VQA_PROMPT_PREFIX, questions[question], VQA_PROMPT_SUFFIX, described[scene]]
+        )
+        example = {"prompts": prompt, "responses": tf.strings.join([" ", focus_answer(question, answer)])}
+        if image_slots:
+            example.update(images=blank, image_mask=tf.zeros((1,), tf.int32))
+        return example
+
+    rows = _indices(int(qa.shape[0]), seed + DESCRIBED_SEED_OFFSET, "vqa", repeat, shuffle)
+    return rows.map(to_example, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def check_text_mixture(text_mixture):
+    """`text_mixture` (`None` or a dict of text-only sources to weights > 0), else a
+    ValueError naming the argument."""
+    if text_mixture is None:
+        return None
+    if (
+        not isinstance(text_mixture, dict) or not text_mixture
+        or set(text_mixture) - set(TEXT_ONLY_SOURCES)
+        or any(isinstance(w, bool) or not isinstance(w, (int, float)) or w <= 0 for w in text_mixture.values())
+    ):
+        raise ValueError(
+            "`text_mixture` feeds the text stage, which sees no image: a dict mapping sources "
+            f"among {TEXT_ONLY_SOURCES} to weights > 0, or None for Shakespeare alone. "
+            f"Received: text_mixture={text_mixture!r}"
+        )
+    return dict(text_mixture)
+
+
 def check_answer_format(answer_format):
     """`answer_format` if it is one of `ANSWER_FORMATS`, else a ValueError naming them."""
     if answer_format not in ANSWER_FORMATS:
@@ -651,9 +724,10 @@ def multimodal_stage_dataset(
         split: str. One of `fashion_scenes.SPLITS`; text uses Shakespeare's `"train"` for
             `"train"` and its `"validation"` works otherwise. Defaults to `"train"`.
         batch_size: int. Examples per batch. Defaults to `32`.
-        mixture: dict source -> weight, sources `"caption"`, `"vqa"`, `"text"` and
-            `"counterfactual_vqa"` (`counterfactual_vqa_examples`; needs
-            `answer_format="caption_first"` and one question per example).
+        mixture: dict source -> weight, sources `"caption"`, `"vqa"`, `"text"`,
+            `"counterfactual_vqa"` (`counterfactual_vqa_examples`) and `"described_vqa"`
+            (`described_vqa_examples`, text only); the last two need
+            `answer_format="caption_first"` and one question per example.
             Defaults to `{"caption": 0.3, "vqa": 0.7}`.
         num_scenes, seed, repeat, scene_seed, data_dir, drop_remainder: as in
             `alignment_stage_dataset`.
@@ -683,9 +757,10 @@ def multimodal_stage_dataset(
             f"`mixture` must map sources from {MIXTURE_SOURCES} to weights. Received: {mixture!r}"
         )
     sources = [name for name in MIXTURE_SOURCES if mixture.get(name, 0) > 0]
-    if "counterfactual_vqa" in sources and (answer_format != "caption_first" or turns > 1):
+    described = [name for name in sources if name in ("counterfactual_vqa", "described_vqa")]
+    if described and (answer_format != "caption_first" or turns > 1):
         raise ValueError(
-            "The `counterfactual_vqa` source answers from a scene description, so it needs "
+            f"The `{described[0]}` source answers from a scene description, so it needs "
             "answer_format='caption_first' and questions_per_example=1. Received: "
             f"answer_format={answer_format!r}, questions_per_example={turns} with "
             f"mixture={mixture!r}. Drop it from `mixture` or change those."
@@ -698,6 +773,9 @@ def multimodal_stage_dataset(
             question_type_repeats=question_type_repeats, answer_format=answer_format,
         ),
         "counterfactual_vqa": lambda: counterfactual_vqa_examples(
+            split, num_scenes, seed, repeat, scene_seed, data_dir
+        ),
+        "described_vqa": lambda: described_vqa_examples(
             split, num_scenes, seed, repeat, scene_seed, data_dir
         ),
     }
@@ -724,6 +802,7 @@ def stage_datasets(
     questions_per_example=1,
     question_type_repeats=None,
     answer_format="direct",
+    text_mixture=None,
 ):
     """The three stage datasets, keyed by `STAGE_NAMES` (the default curriculum's stages).
 
@@ -731,13 +810,25 @@ def stage_datasets(
     for `"train"` and its `"validation"` works otherwise). Pass `repeat=True` to train
     with `run_curriculum`, which runs a fixed number of steps per stage.
     `questions_per_example`, `question_type_repeats` and `answer_format` shape the
-    fine-tuning stage's VQA examples (see `multimodal_stage_dataset`).
+    fine-tuning stage's VQA examples (see `multimodal_stage_dataset`). `text_mixture`
+    (`None`: Shakespeare alone) is the text stage's data as a mixture of text-only
+    sources, `"text"` and `"described_vqa"` (which needs `answer_format="caption_first"`):
+    `{"text": 0.5, "described_vqa": 0.5}` also reads questions answered from written
+    scene descriptions before any image is seen.
     """
     text, alignment, multimodal = STAGE_NAMES
-    return {
-        text: text_stage_dataset(
+    if text_mixture is None:
+        text_data = text_stage_dataset(
             batch_size, sequence_chars, seed, _text_split(split), repeat, drop_remainder=drop_remainder
-        ),
+        )
+    else:
+        check_text_mixture(text_mixture)
+        text_data = multimodal_stage_dataset(
+            split, batch_size, text_mixture, num_scenes, seed, repeat, data_dir=data_dir,
+            sequence_chars=sequence_chars, drop_remainder=drop_remainder, answer_format=answer_format,
+        )
+    return {
+        text: text_data,
         alignment: alignment_stage_dataset(
             split, batch_size, num_scenes, seed, repeat, data_dir=data_dir, drop_remainder=drop_remainder
         ),

@@ -439,7 +439,7 @@ def train_fashion_preset(
     freeze_language_model_in_alignment=False, loss_weighting="uncertainty",
     alignment_contrastive_scale=10.0, finetuning_learning_rate=None, questions_per_example=1,
     question_type_repeats=None, retrieval_steps=1000, retrieval_learning_rate=1e-3,
-    finetuning_contrastive_scale=0.0, answer_format="caption_first",
+    finetuning_contrastive_scale=0.0, answer_format="caption_first", text_mixture=None,
 ):
     """Train `vishwam_tiny_fashion` through the three-stage curriculum and save the preset.
 
@@ -466,6 +466,9 @@ def train_fashion_preset(
     `answer_format`: `"caption_first"` (the default: every VQA response is the scene's
     caption, the question's focus, `": "`, then the answer; see
     `benchmarks/fashion_training/README.md`) or `"direct"` (answers alone).
+    `text_mixture` is the text stage's data (`pipelines.stage_datasets`; `None`, the
+    default: Shakespeare alone), e.g. `{"text": 0.2, "described_vqa": 0.8}` to answer
+    questions from written scene descriptions before the first image.
     `sequence_length` (`None`: the shortest that holds every fine-tuning VQA example, at
     least 48) is the preprocessor's; a length too short for the VQA examples is refused.
     `retrieval_steps` (0 for none; 1000 by default, so the whole run fits in 30 minutes on
@@ -489,6 +492,7 @@ def train_fashion_preset(
         alignment_stage_dataset,
         check_answer_format,
         check_question_type_repeats,
+        check_text_mixture,
         check_questions_per_example,
         stage_datasets,
     )
@@ -503,6 +507,12 @@ def train_fashion_preset(
     questions_per_example = check_questions_per_example(questions_per_example)
     question_type_repeats = check_question_type_repeats(question_type_repeats) or None
     answer_format = check_answer_format(answer_format)
+    text_mixture = check_text_mixture(text_mixture)
+    if text_mixture and "described_vqa" in text_mixture and answer_format != "caption_first":
+        raise ValueError(
+            "`text_mixture` with 'described_vqa' needs answer_format='caption_first' (its "
+            f"responses end a caption-first answer). Received: answer_format={answer_format!r}"
+        )
     sequence_length = check_int("sequence_length", sequence_length, allow_none=True)
     needed = fashion_sequence_length(questions_per_example, answer_format, minimum=1)
     if sequence_length is None:
@@ -551,7 +561,7 @@ def train_fashion_preset(
     datasets = stage_datasets(
         batch_size, seed=seed, repeat=True, mixture=mixture,
         questions_per_example=questions_per_example, question_type_repeats=question_type_repeats,
-        answer_format=answer_format,
+        answer_format=answer_format, text_mixture=text_mixture,
     )
     if retrieval_steps:  # caption pairs, drawn in another order than the alignment stage's
         datasets[RETRIEVAL_STAGE] = alignment_stage_dataset("train", batch_size, seed=seed + 1, repeat=True)
@@ -574,6 +584,7 @@ def train_fashion_preset(
                 "sequence_length": sequence_length,
                 "stages": [dataclasses.asdict(s) for s in config.stages()],
                 "finetuning_mixture": mixture,
+                "text_mixture": text_mixture,
                 "questions_per_example": questions_per_example,
                 "question_type_repeats": question_type_repeats,
                 "answer_format": answer_format,
