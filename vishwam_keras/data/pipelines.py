@@ -349,6 +349,22 @@ def _focus_answer():
     return focus_answer
 
 
+def _described_answer(prompt_prefix, descriptions):
+    """`described(scene, question_id, answer_id)` -> `(prompt, response)` tensors of a
+    question answered from a written description: `prompt_prefix`, the question,
+    `VQA_PROMPT_SUFFIX` and `descriptions[scene]`; then `" "`, the focus,
+    `ANSWER_SEPARATOR` and the answer (the end of a caption-first response)."""
+    descriptions = tf.constant(descriptions)
+    questions, _ = _qa_strings()
+    focus_answer = _focus_answer()
+
+    def described(scene, question, answer):
+        prompt = tf.strings.join([prompt_prefix, questions[question], VQA_PROMPT_SUFFIX, descriptions[scene]])
+        return prompt, tf.strings.join([" ", focus_answer(question, answer)])
+
+    return described
+
+
 def counterfactual_vqa_examples(
     split="train",
     num_scenes=None,
@@ -375,18 +391,15 @@ def counterfactual_vqa_examples(
     pool, indices, _, _ = _scene_table(split, num_scenes, scene_seed, data_dir)
     pool, indices = tf.constant(pool), tf.constant(indices)
     captions, qa = _counterfactual_table(split, num_scenes, scene_seed, data_dir)
-    captions, qa = tf.constant(captions), tf.constant(qa)
-    questions, _ = _qa_strings()
-    focus_answer = _focus_answer()
+    qa = tf.constant(qa)
+    described = _described_answer(VQA_PROMPT_PREFIX, captions)
 
     def to_example(row):
         scene, question, answer = qa[row, 0], qa[row, 1], qa[row, 2]
-        prompt = tf.strings.join(
-            [VQA_PROMPT_PREFIX, questions[question], VQA_PROMPT_SUFFIX, captions[scene]]
-        )
+        prompt, response = described(scene, question, answer)
         return {
             "prompts": prompt,
-            "responses": tf.strings.join([" ", focus_answer(question, answer)]),
+            "responses": response,
             "images": _scene_image(pool, indices[scene]),
             "image_mask": tf.ones((1,), tf.int32),
         }
@@ -421,18 +434,14 @@ def described_vqa_examples(
     with `image_mask` 0, as `text_examples`, so it mixes with image examples.
     """
     _, _, captions, qa = _scene_table(split, _num_scenes(split, num_scenes), scene_seed, data_dir)
-    described = tf.constant([caption + "." for caption in captions])
     qa = tf.constant(qa)
-    questions, _ = _qa_strings()
-    focus_answer = _focus_answer()
+    described = _described_answer(DESCRIBED_VQA_PROMPT_PREFIX, [caption + "." for caption in captions])
     blank = tf.zeros(_SCENE_SHAPE, tf.uint8)
 
     def to_example(row):
         scene, question, answer = qa[row, 0], qa[row, 1], qa[row, 2]
-        prompt = tf.strings.join(
-            [DESCRIBED_VQA_PROMPT_PREFIX, questions[question], VQA_PROMPT_SUFFIX, described[scene]]
-        )
-        example = {"prompts": prompt, "responses": tf.strings.join([" ", focus_answer(question, answer)])}
+        prompt, response = described(scene, question, answer)
+        example = {"prompts": prompt, "responses": response}
         if image_slots:
             example.update(images=blank, image_mask=tf.zeros((1,), tf.int32))
         return example
@@ -441,9 +450,26 @@ def described_vqa_examples(
     return rows.map(to_example, num_parallel_calls=tf.data.AUTOTUNE)
 
 
-def check_text_mixture(text_mixture):
-    """`text_mixture` (`None` or a dict of text-only sources to weights > 0), else a
-    ValueError naming the argument."""
+DESCRIPTION_SOURCES = ("counterfactual_vqa", "described_vqa")
+
+
+def _check_description_sources(sources, mixture, answer_format, questions_per_example, name="mixture"):
+    """The sources that answer from a written description end a caption-first answer
+    and are single questions: refuse them otherwise, naming `name`."""
+    described = [source for source in sources if source in DESCRIPTION_SOURCES]
+    if described and (answer_format != "caption_first" or questions_per_example > 1):
+        raise ValueError(
+            f"The `{described[0]}` source answers from a scene description, so it needs "
+            "answer_format='caption_first' and questions_per_example=1. Received: "
+            f"answer_format={answer_format!r}, questions_per_example={questions_per_example} with "
+            f"{name}={mixture!r}. Drop it from `{name}` or change those."
+        )
+
+
+def check_text_mixture(text_mixture, answer_format="caption_first"):
+    """`text_mixture` (`None` or a dict of text-only sources to weights > 0, its
+    `described_vqa` needing `answer_format="caption_first"`), else a ValueError naming
+    the argument."""
     if text_mixture is None:
         return None
     if (
@@ -456,6 +482,7 @@ def check_text_mixture(text_mixture):
             f"among {TEXT_ONLY_SOURCES} to weights > 0, or None for Shakespeare alone. "
             f"Received: text_mixture={text_mixture!r}"
         )
+    _check_description_sources(list(text_mixture), text_mixture, answer_format, 1, name="text_mixture")
     return dict(text_mixture)
 
 
@@ -757,14 +784,7 @@ def multimodal_stage_dataset(
             f"`mixture` must map sources from {MIXTURE_SOURCES} to weights. Received: {mixture!r}"
         )
     sources = [name for name in MIXTURE_SOURCES if mixture.get(name, 0) > 0]
-    described = [name for name in sources if name in ("counterfactual_vqa", "described_vqa")]
-    if described and (answer_format != "caption_first" or turns > 1):
-        raise ValueError(
-            f"The `{described[0]}` source answers from a scene description, so it needs "
-            "answer_format='caption_first' and questions_per_example=1. Received: "
-            f"answer_format={answer_format!r}, questions_per_example={turns} with "
-            f"mixture={mixture!r}. Drop it from `mixture` or change those."
-        )
+    _check_description_sources(sources, mixture, answer_format, turns)
     builders = {
         "text": lambda: text_examples(_text_split(split), sequence_chars, seed, repeat),
         "caption": lambda: caption_examples(split, num_scenes, seed, repeat, scene_seed, data_dir),
@@ -822,7 +842,7 @@ def stage_datasets(
             batch_size, sequence_chars, seed, _text_split(split), repeat, drop_remainder=drop_remainder
         )
     else:
-        check_text_mixture(text_mixture)
+        check_text_mixture(text_mixture, answer_format)
         text_data = multimodal_stage_dataset(
             split, batch_size, text_mixture, num_scenes, seed, repeat, data_dir=data_dir,
             sequence_chars=sequence_chars, drop_remainder=drop_remainder, answer_format=answer_format,

@@ -507,12 +507,7 @@ def train_fashion_preset(
     questions_per_example = check_questions_per_example(questions_per_example)
     question_type_repeats = check_question_type_repeats(question_type_repeats) or None
     answer_format = check_answer_format(answer_format)
-    text_mixture = check_text_mixture(text_mixture)
-    if text_mixture and "described_vqa" in text_mixture and answer_format != "caption_first":
-        raise ValueError(
-            "`text_mixture` with 'described_vqa' needs answer_format='caption_first' (its "
-            f"responses end a caption-first answer). Received: answer_format={answer_format!r}"
-        )
+    text_mixture = check_text_mixture(text_mixture, answer_format)
     sequence_length = check_int("sequence_length", sequence_length, allow_none=True)
     needed = fashion_sequence_length(questions_per_example, answer_format, minimum=1)
     if sequence_length is None:
