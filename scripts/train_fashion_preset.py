@@ -15,7 +15,8 @@ import os
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
-from vishwam_keras.training.pipeline import train_fashion_preset  # noqa: E402 (after the backend)
+from vishwam_keras.data import pipelines  # noqa: E402 (after the backend)
+from vishwam_keras.training.pipeline import train_fashion_preset  # noqa: E402
 
 # The flags' defaults are the function's, so the script and the library cannot drift apart.
 DEFAULTS = {
@@ -60,9 +61,10 @@ if __name__ == "__main__":
                         help="peak learning rate of the fine-tuning stage (default: 2e-3, as the others)")
     parser.add_argument("--sequence-length", type=int, default=DEFAULTS["sequence_length"],
                         help="tokens per training example (default: the shortest that holds every VQA example, >= 48)")
-    parser.add_argument("--answer-format", choices=("direct", "caption_first"), default=DEFAULTS["answer_format"],
-                        help="VQA responses: the answer alone, or the scene's caption, the question's focus, ': ', "
-                             "the answer")
+    parser.add_argument("--answer-format", choices=pipelines.ANSWER_FORMATS, default=DEFAULTS["answer_format"],
+                        help="VQA responses: the answer alone; the scene's caption, the question's focus, ': ', "
+                             "the answer (caption_first); or that with a yes/no check per caption slot for the "
+                             "item a question names (caption_checks)")
     parser.add_argument("--questions-per-example", type=int, default=DEFAULTS["questions_per_example"],
                         help="questions of one scene per fine-tuning VQA example (multi-turn)")
     parser.add_argument("--question-type-repeats", default=None, metavar="TYPE:N,...",

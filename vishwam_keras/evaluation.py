@@ -30,9 +30,10 @@ from vishwam_keras.data.pipelines import (
 
 DEFAULT_BATCH_SIZE = 64
 # A "caption_first" answer (`pipelines.ANSWER_FORMATS`: caption, focus, answer) packs to at
-# most 37 tokens with its end token (`pipelines.turns_length`); a direct answer to at most 5,
-# and generation stops once every row has written its end token.
-VQA_MAX_NEW_TOKENS = 40
+# most 37 tokens with its end token (`pipelines.turns_length`), a "caption_checks" one (four
+# slot checks as well) to at most 42; a direct answer to at most 5, and generation stops
+# once every row has written its end token.
+VQA_MAX_NEW_TOKENS = 48
 CAPTION_MAX_NEW_TOKENS = 32  # the longest captions are 23 tokens plus the end token
 RECALL_KS = (1, 5, 10)
 BASELINE_TRAIN_SCENES = 10000

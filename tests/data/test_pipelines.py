@@ -257,6 +257,71 @@ def test_caption_first_answers_describe_the_scene_then_answer(preprocessor):
     assert longest <= pipelines.longest_caption_length(preprocessor.tokenizer)
 
 
+def _slot_checks(caption, focus):
+    """Reference checks: which of the caption's four items the focus names, read from the
+    words ("a sneaker and a bag above ..." and "left of the bag" -> "no yes no no")."""
+    items = [item.split(" ", 1)[1] for part in caption.strip().split(" above ") for item in part.split(" and ")]
+    named = focus.split(" the ", 1)[1] if " the " in focus else focus.split(" ", 1)[1]
+    return " ".join("yes" if item == named else "no" for item in items)
+
+
+@requires_fashion_mnist
+def test_caption_checks_answers_check_each_slot_for_the_named_item(preprocessor):
+    scenes = fashion_scenes.make_scenes("test", 6)
+    examples = list(
+        pipelines.vqa_examples("test", 6, shuffle=False, answer_format="caption_checks").as_numpy_iterator()
+    )
+    expected = [(i, item) for i in range(6) for item in scenes.qa[i]]
+    assert len(examples) == len(expected)
+    checked = 0
+    for example, (scene, item) in zip(examples, expected):
+        assert example["prompts"].decode() == f"<start_of_image> Question: {item.question} Answer:"
+        focus = fashion_scenes.QUESTION_FOCUS[fashion_scenes.QUESTIONS.index(item.question)]
+        caption = scenes.captions[scene]
+        if item.question_type in ("exists", "relation"):
+            checks = _slot_checks(caption, focus)
+            assert example["responses"].decode() == f" {caption}. {focus}? {checks}: {item.answer}"
+            # an exists answer is "yes" exactly where a check is; a relation's item is written once
+            if item.question_type == "exists":
+                assert ("yes" in checks.split()) == (item.answer == "yes")
+            else:
+                assert checks.split().count("yes") == 1
+            checked += 1
+        else:
+            assert example["responses"].decode() == f" {caption}. {focus}: {item.answer}"
+    assert checked > 30
+    # test scene 0, written by hand
+    caption = " a sneaker and a sandal above a sandal and an ankle boot"
+    assert [e["responses"].decode() for e in examples[8:14:4]] == [
+        caption + ". a sandal? no yes yes no: yes", caption + ". left of the ankle boot? no no no yes: a sandal",
+    ]
+    # multi-question examples carry the same checks
+    turns = list(pipelines.vqa_examples(
+        "test", 4, shuffle=False, questions_per_example=4, answer_format="caption_checks"
+    ).as_numpy_iterator())
+    for scene, example in enumerate(turns):
+        truth = {item.question: item for item in scenes.qa[scene]}
+        for prompt, response in zip(example["prompts"], example["responses"]):
+            asked = truth[prompt.decode().split("Question: ")[1][: -len(" Answer:")]]
+            focus = fashion_scenes.QUESTION_FOCUS[fashion_scenes.QUESTIONS.index(asked.question)]
+            middle = f"? {_slot_checks(scenes.captions[scene], focus)}" if asked.question_type in ("exists", "relation") else ""
+            assert response.decode() == f" {scenes.captions[scene]}. {focus}{middle}: {asked.answer}"
+    # `turns_length` holds every caption-checks example, and counts the checks
+    preprocessor.num_vision_tokens_per_image = 16
+    length = pipelines.turns_length(preprocessor, 1, "caption_checks")
+    assert length > pipelines.turns_length(preprocessor, 1, "caption_first")
+    preprocessor.sequence_length = length - 1
+    data = pipelines.vqa_examples("test", 60, shuffle=False, answer_format="caption_checks")
+    for x, y, w in data.batch(256).map(preprocessor):
+        ends = ((np.asarray(y) == preprocessor.tokenizer.end_token_id) & np.asarray(w)).sum(1)
+        assert (ends == 1).all()
+    # the description sources stay caption_first only
+    with pytest.raises(ValueError, match="described_vqa.*caption_first"):
+        pipelines.multimodal_stage_dataset(
+            "test", 4, mixture={"vqa": 1.0, "described_vqa": 0.5}, num_scenes=5, answer_format="caption_checks"
+        )
+
+
 @pytest.mark.parametrize("value", ["reasoning", None, 1])
 def test_answer_format_is_checked(value):
     with pytest.raises(ValueError, match="answer_format"):

@@ -215,19 +215,21 @@ def test_train_fashion_preset_sizes_its_sequences_for_the_answer_format(monkeypa
         pipeline.train_fashion_preset(total_steps=100, retrieval_steps=0, answer_format="direct")
     assert seen == {"answer_format": "direct", "sequence_length": 48}
     with pytest.raises(Stop):
-        pipeline.train_fashion_preset(total_steps=100, retrieval_steps=0)  # caption_first
+        pipeline.train_fashion_preset(total_steps=100, retrieval_steps=0)  # caption_checks
     from vishwam_keras.config import FASHION_TINY_CONFIG
     from vishwam_keras.models.factory import create_preprocessor
 
     preprocessor = create_preprocessor(FASHION_TINY_CONFIG, 48, name="check")
-    needed = pipelines.turns_length(preprocessor, 1, "caption_first") - 1
-    assert seen == {"answer_format": "caption_first", "sequence_length": needed} and needed > 48
+    needed = pipelines.turns_length(preprocessor, 1, "caption_checks") - 1
+    assert seen == {"answer_format": "caption_checks", "sequence_length": needed} and needed > 48
     # a named preprocessor names its parts, so it leaves Keras' automatic names alone
     assert (preprocessor.name, preprocessor.tokenizer.name, preprocessor.image_converter.name) == (
         "check", "check_tokenizer", "check_image_converter"
     )
     with pytest.raises(Stop):  # the text stage's mixture reaches the stage datasets
-        pipeline.train_fashion_preset(total_steps=100, retrieval_steps=0, text_mixture={"text": 1, "described_vqa": 3})
+        pipeline.train_fashion_preset(
+            total_steps=100, retrieval_steps=0, text_mixture={"text": 1, "described_vqa": 3}, answer_format="caption_first"
+        )
     assert seen["text_mixture"] == {"text": 1, "described_vqa": 3}
 
 

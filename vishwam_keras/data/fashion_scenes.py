@@ -69,13 +69,16 @@ TFDS_VERSION = "1.0.0"
 
 
 def _build_question_table():
-    table = [(f"What is in the {position}?", "position", position) for position in POSITIONS]
-    table += [(f"How many {group} are there?", "count", group) for group in GROUPS]
-    table += [(f"Is there {with_article(name)}?", "exists", with_article(name)) for name in SHORT_NAMES]
+    table = [(f"What is in the {position}?", "position", position, -1) for position in POSITIONS]
+    table += [(f"How many {group} are there?", "count", group, -1) for group in GROUPS]
     table += [
-        (f"What is {relation} the {name}?", "relation", f"{relation} the {name}")
+        (f"Is there {with_article(name)}?", "exists", with_article(name), label)
+        for label, name in enumerate(SHORT_NAMES)
+    ]
+    table += [
+        (f"What is {relation} the {name}?", "relation", f"{relation} the {name}", label)
         for relation in RELATIONS
-        for name in SHORT_NAMES
+        for label, name in enumerate(SHORT_NAMES)
     ]
     return tuple(zip(*table))
 
@@ -83,7 +86,9 @@ def _build_question_table():
 # Every question and answer string that scenes use; QA pairs are stored as ids into these.
 # A question's focus is what it asks about ("top left", "shoes", "a bag", "left of the
 # bag"): a "caption_first" answer (`pipelines.ANSWER_FORMATS`) restates it before answering.
-QUESTIONS, QUESTION_TYPE_OF, QUESTION_FOCUS = _build_question_table()
+# `QUESTION_ITEM` is the class a question names ("Is there a bag?", "What is left of the
+# bag?": the bag's id), -1 for position and count questions.
+QUESTIONS, QUESTION_TYPE_OF, QUESTION_FOCUS, QUESTION_ITEM = _build_question_table()
 ANSWERS = tuple(with_article(name) for name in SHORT_NAMES) + NUMBER_WORDS + ("yes", "no")
 _POSITION_Q, _COUNT_Q = 0, len(POSITIONS)
 _EXISTS_Q = _COUNT_Q + len(GROUPS)

@@ -13,7 +13,9 @@ image examples in one dataset; a preprocessor without an image converter ignores
 - vqa: prompt `"<start_of_image> Question: How many shoes are there? Answer:"`, response
   `" two"`; with `answer_format="caption_first"` the response describes the scene and
   restates what is asked first, `" a sneaker and a bag above a dress and a coat. shoes: one"`
-  (the answer follows the last `ANSWER_SEPARATOR`);
+  (the answer follows the last `ANSWER_SEPARATOR`); `answer_format="caption_checks"` adds,
+  for questions that name an item, a check per caption slot before the answer,
+  `" ... a coat. a bag? no yes no no: yes"`;
 - counterfactual_vqa (`caption_first` only): the description is given, with one item
   swapped for another class, at the end of the prompt, and the response answers from it,
   `"... Answer: a sneaker and a bag above a dress and a sandal."` -> `" shoes: two"`: the
@@ -47,9 +49,16 @@ FOLLOW_UP_PREFIX = " Question: "
 # question's focus (`fashion_scenes.QUESTION_FOCUS`), `ANSWER_SEPARATOR` and the answer
 # (`" a sneaker and ... and a coat. shoes: one"`): the model names every item, then what is
 # asked, right before answering, so "is there a bag?" becomes a lookup of the word just
-# written in its own text.
-ANSWER_FORMATS = ("direct", "caption_first")
+# written in its own text. `"caption_checks"` is `"caption_first"` where a question names
+# an item ("is there a bag?", "what is left of the bag?"): after the focus, `CHECK_SEPARATOR`
+# and one check per position of the caption, `"yes"` where the named item is written there
+# and `"no"` elsewhere (`" ... a bag? no yes no no: yes"`), so the answer reads four
+# checks made one slot at a time instead of searching the caption for a word.
+ANSWER_FORMATS = ("direct", "caption_first", "caption_checks")
+CAPTION_FORMATS = ("caption_first", "caption_checks")
 ANSWER_SEPARATOR = ": "
+CHECK_SEPARATOR = "? "
+CHECK_WORDS = ("no", "yes")
 # Held out of the text stage's train split: one play and one poem (about 2% of the text).
 TEXT_VALIDATION_WORKS = ("tempest", "lovers_complaint")
 DEFAULT_SEQUENCE_CHARS = 512
@@ -108,7 +117,8 @@ def _chunks(split, sequence_chars):
 
 @functools.lru_cache(maxsize=8)
 def _scene_table(split, num_scenes, scene_seed, data_dir):
-    """Scene placements plus flat QA ids: what the scene pipelines gather from."""
+    """Scene placements plus flat QA ids: what the scene pipelines gather from,
+    `(source_images, image_indices, captions, qa, labels)`."""
     indices, labels = fashion_scenes.scene_indices(split, num_scenes, scene_seed, data_dir)
     source_images, _ = fashion_mnist.load_fashion_mnist(fashion_scenes.source_split(split), data_dir)
     captions = [" " + fashion_scenes.caption(row) for row in labels]
@@ -118,7 +128,7 @@ def _scene_table(split, num_scenes, scene_seed, data_dir):
         for question, answer in fashion_scenes.question_answer_ids(row, scene)
     ]
     qa = np.asarray(qa, np.int64).reshape(-1, 3)
-    return source_images, indices, captions, qa
+    return source_images, indices, captions, qa, labels
 
 
 @functools.lru_cache(maxsize=4)
@@ -236,7 +246,7 @@ def caption_examples(
 ):
     """One caption example per scene (unbatched): prompt `CAPTION_PROMPT`, response the caption."""
     table = _scene_table(split, _num_scenes(split, num_scenes), scene_seed, data_dir)
-    pool, indices, captions, _ = table
+    pool, indices, captions, _, _ = table
     pool, indices, captions = tf.constant(pool), tf.constant(indices), tf.constant(captions)
 
     def to_example(scene):
@@ -269,6 +279,10 @@ def vqa_examples(
     `answer_format="caption_first"` writes each response as the scene's caption, then
     the question's focus, `ANSWER_SEPARATOR` and the answer (`" a sneaker and ... and a
     coat. a bag: yes"` for "Is there a bag?"); `"direct"` (the default) as the answer alone.
+    `"caption_checks"` writes the caption-first response with, where the question names
+    an item (exists and relation questions), `CHECK_SEPARATOR` and one of `CHECK_WORDS`
+    per caption slot after the focus: `" a sneaker and a bag above a dress and a coat. left
+    of the bag? no yes no no: a sneaker"`.
 
     With `questions_per_example=1` (the default), one example per (scene, question).
     With `k > 1`, one multi-turn example per scene: `k` of its questions drawn at random
@@ -290,8 +304,8 @@ def vqa_examples(
             "`question_type_repeats` applies to single-question examples; with "
             f"questions_per_example={questions_per_example} pass question_type_repeats=None."
         )
-    pool, indices, captions, qa = _scene_table(split, _num_scenes(split, num_scenes), scene_seed, data_dir)
-    respond = _responder(captions, answer_format)
+    pool, indices, captions, qa, labels = _scene_table(split, _num_scenes(split, num_scenes), scene_seed, data_dir)
+    respond = _responder(captions, answer_format, labels)
     if question_types is not None:
         unknown = sorted(set(question_types) - set(fashion_scenes.QUESTION_TYPES))
         if unknown:
@@ -322,29 +336,45 @@ def vqa_examples(
     return rows.map(to_example, num_parallel_calls=tf.data.AUTOTUNE)
 
 
-def _responder(captions, answer_format):
+def _responder(captions, answer_format, labels=None):
     """`respond(scene, question_ids, answer_ids)`: the response strings of one scene's
-    questions (tensors), in `answer_format`."""
+    questions (tensors), in `answer_format` (`"caption_checks"` needs the scenes'
+    `labels`, `(N, 4)`)."""
     _, answers = _qa_strings()
     if answer_format == "direct":
         return lambda scene, question, answer: tf.gather(answers, answer)
     captions = tf.constant(captions)  # with their leading space
-    focus_answer = _focus_answer()
+    if answer_format == "caption_checks":
+        focus_answer = _focus_answer(tf.constant(np.asarray(labels, np.int64)))
+    else:
+        focus_answer = _focus_answer()
 
     def respond(scene, question, answer):
-        return tf.strings.join([captions[scene], ". ", focus_answer(question, answer)])
+        return tf.strings.join([captions[scene], ". ", focus_answer(question, answer, scene)])
 
     return respond
 
 
-def _focus_answer():
-    """`focus_answer(question_ids, answer_ids)`: the end of a caption-first response, the
-    question's focus, `ANSWER_SEPARATOR` and the answer (`"a bag: yes"`), as tensors."""
+def _focus_answer(labels=None):
+    """`focus_answer(question_ids, answer_ids, scene=None)`: the end of a caption-first
+    response, the question's focus, `ANSWER_SEPARATOR` and the answer (`"a bag: yes"`), as
+    tensors. With the scenes' `labels` (`(N, 4)`, the `"caption_checks"` format) a
+    question that names an item gets its slot checks of `scene` after the focus
+    (`"a bag? no yes no no: yes"`)."""
     focus = tf.constant(list(fashion_scenes.QUESTION_FOCUS))
     plain = tf.constant(list(fashion_scenes.ANSWERS))
+    if labels is not None:
+        items = tf.constant(fashion_scenes.QUESTION_ITEM, tf.int64)
+        words = tf.constant(list(CHECK_WORDS))
 
-    def focus_answer(question, answer):
-        return tf.strings.join([tf.gather(focus, question), ANSWER_SEPARATOR, tf.gather(plain, answer)])
+    def focus_answer(question, answer, scene=None):
+        parts = [tf.gather(focus, question)]
+        if labels is not None:
+            item = tf.gather(items, question)
+            found = tf.cast(tf.equal(labels[scene], item[..., None]), tf.int32)  # (..., 4)
+            checks = tf.strings.reduce_join(tf.gather(words, found), axis=-1, separator=" ")
+            parts.append(tf.where(item >= 0, tf.strings.join([CHECK_SEPARATOR, checks]), ""))
+        return tf.strings.join(parts + [ANSWER_SEPARATOR, tf.gather(plain, answer)])
 
     return focus_answer
 
@@ -388,7 +418,7 @@ def counterfactual_vqa_examples(
     reading of the image is not. One example per (scene, question of the edited scene).
     """
     num_scenes = _num_scenes(split, num_scenes)
-    pool, indices, _, _ = _scene_table(split, num_scenes, scene_seed, data_dir)
+    pool, indices, _, _, _ = _scene_table(split, num_scenes, scene_seed, data_dir)
     pool, indices = tf.constant(pool), tf.constant(indices)
     captions, qa = _counterfactual_table(split, num_scenes, scene_seed, data_dir)
     qa = tf.constant(qa)
@@ -433,7 +463,7 @@ def described_vqa_examples(
     question type; with `image_slots` (the default) each example carries a black image
     with `image_mask` 0, as `text_examples`, so it mixes with image examples.
     """
-    _, _, captions, qa = _scene_table(split, _num_scenes(split, num_scenes), scene_seed, data_dir)
+    _, _, captions, qa, _ = _scene_table(split, _num_scenes(split, num_scenes), scene_seed, data_dir)
     qa = tf.constant(qa)
     described = _described_answer(DESCRIBED_VQA_PROMPT_PREFIX, [caption + "." for caption in captions])
     blank = tf.zeros(_SCENE_SHAPE, tf.uint8)
@@ -491,7 +521,8 @@ def check_answer_format(answer_format):
     if answer_format not in ANSWER_FORMATS:
         raise ValueError(
             f"`answer_format` must be one of {ANSWER_FORMATS}: 'direct' answers alone, "
-            "'caption_first' describes the scene before answering. "
+            "'caption_first' describes the scene before answering, 'caption_checks' also "
+            "checks each slot of that description for the item a question names. "
             f"Received: answer_format={answer_format!r}"
         )
     return answer_format
@@ -541,7 +572,8 @@ def turns_length(preprocessor, questions_per_example, answer_format="direct"):
     """Tokens the longest `questions_per_example`-question VQA example takes once packed
     by `preprocessor` (start token, image span, every turn with its `<eos>`), over all
     FashionScenes questions and answers (with `answer_format="caption_first"`, the
-    longest caption and the longest focus before the longest answer): what
+    longest caption and the longest focus before the longest answer; with
+    `"caption_checks"`, four checks of the longest word as well): what
     `sequence_length + 1` must hold."""
     from vishwam_keras.models.tokenizer import START_OF_IMAGE_TOKEN
 
@@ -557,8 +589,12 @@ def turns_length(preprocessor, questions_per_example, answer_format="direct"):
         answer = max(len(np.asarray(tokenizer(" " + a))) for a in fashion_scenes.ANSWERS)
     else:
         longest_answer = max(fashion_scenes.ANSWERS, key=lambda a: len(np.asarray(tokenizer(" " + a))))
+        checks = ""
+        if answer_format == "caption_checks":  # every focus counted with checks: an upper bound
+            word = max(CHECK_WORDS, key=lambda w: len(np.asarray(tokenizer(" " + w))))
+            checks = CHECK_SEPARATOR + " ".join([word] * len(fashion_scenes.POSITIONS))
         answer = longest_caption_length(tokenizer) + max(
-            len(np.asarray(tokenizer(f". {focus}{ANSWER_SEPARATOR}{longest_answer}")))
+            len(np.asarray(tokenizer(f". {focus}{checks}{ANSWER_SEPARATOR}{longest_answer}")))
             for focus in set(fashion_scenes.QUESTION_FOCUS)
         )
     end = int(preprocessor.add_end_token)
@@ -765,9 +801,10 @@ def multimodal_stage_dataset(
             filling only the first turn. Defaults to `1`.
         question_type_repeats: dict, optional. How many times each question of a type
             appears per VQA epoch (see `vqa_examples`). Defaults to once each.
-        answer_format: str. `"direct"` (answers alone) or `"caption_first"` (each VQA
+        answer_format: str. `"direct"` (answers alone), `"caption_first"` (each VQA
             response is the caption, the question's focus, `ANSWER_SEPARATOR`, then the
-            answer; see `vqa_examples`). Defaults to `"direct"`.
+            answer) or `"caption_checks"` (the same with slot checks for questions that
+            name an item; see `vqa_examples`). Defaults to `"direct"`.
 
     Returns:
         A `tf.data.Dataset` of dicts shaped as in `alignment_stage_dataset`. Without

@@ -439,7 +439,7 @@ def train_fashion_preset(
     freeze_language_model_in_alignment=False, loss_weighting="uncertainty",
     alignment_contrastive_scale=10.0, finetuning_learning_rate=None, questions_per_example=1,
     question_type_repeats=None, retrieval_steps=1000, retrieval_learning_rate=1e-3,
-    finetuning_contrastive_scale=0.0, answer_format="caption_first", text_mixture=None,
+    finetuning_contrastive_scale=0.0, answer_format="caption_checks", text_mixture=None,
 ):
     """Train `vishwam_tiny_fashion` through the three-stage curriculum and save the preset.
 
@@ -465,7 +465,9 @@ def train_fashion_preset(
     the fine-tuning stage's VQA data (`pipelines.multimodal_stage_dataset`), and so does
     `answer_format`: `"caption_first"` (the default: every VQA response is the scene's
     caption, the question's focus, `": "`, then the answer; see
-    `benchmarks/fashion_training/README.md`) or `"direct"` (answers alone).
+    `benchmarks/fashion_training/README.md`), `"caption_checks"` (the same, with a yes/no
+    check of each caption slot for the item an exists or relation question names, before
+    the answer) or `"direct"` (answers alone).
     `text_mixture` is the text stage's data (`pipelines.stage_datasets`; `None`, the
     default: Shakespeare alone), e.g. `{"text": 0.2, "described_vqa": 0.8}` to answer
     questions from written scene descriptions before the first image.
