@@ -218,18 +218,39 @@ def test_multi_question_mixture_widens_captions_and_text(preprocessor):
     assert (ends[~single] == 3).all(), ends
 
 
-@requires_fashion_mnist
-def test_caption_first_answers_describe_the_scene_then_answer(preprocessor):
-    scenes = fashion_scenes.make_scenes("test", 4)
+def _single_question_examples(num_scenes, answer_format):
+    """The first test scenes and their single-question VQA examples, each checked to ask
+    its scene's question in order: `(scenes, examples, [(response, caption, item, focus)])`."""
+    scenes = fashion_scenes.make_scenes("test", num_scenes)
     examples = list(
-        pipelines.vqa_examples("test", 4, shuffle=False, answer_format="caption_first").as_numpy_iterator()
+        pipelines.vqa_examples("test", num_scenes, shuffle=False, answer_format=answer_format).as_numpy_iterator()
     )
-    expected = [(i, item) for i in range(4) for item in scenes.qa[i]]
+    expected = [(i, item) for i in range(num_scenes) for item in scenes.qa[i]]
     assert len(examples) == len(expected)
+    rows = []
     for example, (scene, item) in zip(examples, expected):
         assert example["prompts"].decode() == f"<start_of_image> Question: {item.question} Answer:"
         focus = fashion_scenes.QUESTION_FOCUS[fashion_scenes.QUESTIONS.index(item.question)]
-        assert example["responses"].decode() == f" {scenes.captions[scene]}. {focus}: {item.answer}"
+        rows.append((example["responses"].decode(), scenes.captions[scene], item, focus))
+    return scenes, examples, rows
+
+
+def _assert_turns_length_keeps_every_eos(preprocessor, answer_format):
+    """At `turns_length - 1` tokens (the preset's 16 image tokens), no VQA example of the
+    first 60 test scenes in `answer_format` loses its <eos>."""
+    preprocessor.num_vision_tokens_per_image = 16  # the preset's, so the bound is the one used
+    preprocessor.sequence_length = pipelines.turns_length(preprocessor, 1, answer_format) - 1
+    data = pipelines.vqa_examples("test", 60, shuffle=False, answer_format=answer_format)
+    for x, y, w in data.batch(256).map(preprocessor):
+        ends = ((np.asarray(y) == preprocessor.tokenizer.end_token_id) & np.asarray(w)).sum(1)
+        assert (ends == 1).all()
+
+
+@requires_fashion_mnist
+def test_caption_first_answers_describe_the_scene_then_answer(preprocessor):
+    scenes, examples, rows = _single_question_examples(4, "caption_first")
+    for response, caption, item, focus in rows:
+        assert response == f" {caption}. {focus}: {item.answer}"
     # test scene 0, written by hand
     caption = " a sneaker and a sandal above a sandal and an ankle boot"
     assert [e["responses"].decode() for e in examples[:14:4]] == [
@@ -247,12 +268,7 @@ def test_caption_first_answers_describe_the_scene_then_answer(preprocessor):
             focus = fashion_scenes.QUESTION_FOCUS[fashion_scenes.QUESTIONS.index(asked)]
             assert response.decode() == f" {scenes.captions[scene]}. {focus}: {truth[asked]}"
     # `turns_length` holds every caption-first example: none loses its <eos>
-    preprocessor.num_vision_tokens_per_image = 16  # the preset's, so the bound is the one used
-    preprocessor.sequence_length = pipelines.turns_length(preprocessor, 1, "caption_first") - 1
-    data = pipelines.vqa_examples("test", 60, shuffle=False, answer_format="caption_first")
-    for x, y, w in data.batch(256).map(preprocessor):
-        ends = ((np.asarray(y) == preprocessor.tokenizer.end_token_id) & np.asarray(w)).sum(1)
-        assert (ends == 1).all()
+    _assert_turns_length_keeps_every_eos(preprocessor, "caption_first")
     longest = max(len(np.asarray(preprocessor.tokenizer(" " + c))) for c in scenes.captions)
     assert longest <= pipelines.longest_caption_length(preprocessor.tokenizer)
 
@@ -267,20 +283,12 @@ def _slot_checks(caption, focus):
 
 @requires_fashion_mnist
 def test_caption_checks_answers_check_each_slot_for_the_named_item(preprocessor):
-    scenes = fashion_scenes.make_scenes("test", 6)
-    examples = list(
-        pipelines.vqa_examples("test", 6, shuffle=False, answer_format="caption_checks").as_numpy_iterator()
-    )
-    expected = [(i, item) for i in range(6) for item in scenes.qa[i]]
-    assert len(examples) == len(expected)
+    scenes, examples, rows = _single_question_examples(6, "caption_checks")
     checked = 0
-    for example, (scene, item) in zip(examples, expected):
-        assert example["prompts"].decode() == f"<start_of_image> Question: {item.question} Answer:"
-        focus = fashion_scenes.QUESTION_FOCUS[fashion_scenes.QUESTIONS.index(item.question)]
-        caption = scenes.captions[scene]
+    for response, caption, item, focus in rows:
         if item.question_type in ("exists", "relation"):
             checks = _slot_checks(caption, focus)
-            assert example["responses"].decode() == f" {caption}. {focus}? {checks}: {item.answer}"
+            assert response == f" {caption}. {focus}? {checks}: {item.answer}"
             # an exists answer is "yes" exactly where a check is; a relation's item is written once
             if item.question_type == "exists":
                 assert ("yes" in checks.split()) == (item.answer == "yes")
@@ -288,7 +296,7 @@ def test_caption_checks_answers_check_each_slot_for_the_named_item(preprocessor)
                 assert checks.split().count("yes") == 1
             checked += 1
         else:
-            assert example["responses"].decode() == f" {caption}. {focus}: {item.answer}"
+            assert response == f" {caption}. {focus}: {item.answer}"
     assert checked > 30
     # test scene 0, written by hand
     caption = " a sneaker and a sandal above a sandal and an ankle boot"
@@ -307,14 +315,10 @@ def test_caption_checks_answers_check_each_slot_for_the_named_item(preprocessor)
             middle = f"? {_slot_checks(scenes.captions[scene], focus)}" if asked.question_type in ("exists", "relation") else ""
             assert response.decode() == f" {scenes.captions[scene]}. {focus}{middle}: {asked.answer}"
     # `turns_length` holds every caption-checks example, and counts the checks
-    preprocessor.num_vision_tokens_per_image = 16
-    length = pipelines.turns_length(preprocessor, 1, "caption_checks")
-    assert length > pipelines.turns_length(preprocessor, 1, "caption_first")
-    preprocessor.sequence_length = length - 1
-    data = pipelines.vqa_examples("test", 60, shuffle=False, answer_format="caption_checks")
-    for x, y, w in data.batch(256).map(preprocessor):
-        ends = ((np.asarray(y) == preprocessor.tokenizer.end_token_id) & np.asarray(w)).sum(1)
-        assert (ends == 1).all()
+    _assert_turns_length_keeps_every_eos(preprocessor, "caption_checks")
+    assert pipelines.turns_length(preprocessor, 1, "caption_checks") > pipelines.turns_length(
+        preprocessor, 1, "caption_first"
+    )
     # the description sources stay caption_first only
     with pytest.raises(ValueError, match="described_vqa.*caption_first"):
         pipelines.multimodal_stage_dataset(

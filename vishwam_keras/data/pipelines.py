@@ -55,7 +55,6 @@ FOLLOW_UP_PREFIX = " Question: "
 # and `"no"` elsewhere (`" ... a bag? no yes no no: yes"`), so the answer reads four
 # checks made one slot at a time instead of searching the caption for a word.
 ANSWER_FORMATS = ("direct", "caption_first", "caption_checks")
-CAPTION_FORMATS = ("caption_first", "caption_checks")
 ANSWER_SEPARATOR = ": "
 CHECK_SEPARATOR = "? "
 CHECK_WORDS = ("no", "yes")
@@ -344,10 +343,7 @@ def _responder(captions, answer_format, labels=None):
     if answer_format == "direct":
         return lambda scene, question, answer: tf.gather(answers, answer)
     captions = tf.constant(captions)  # with their leading space
-    if answer_format == "caption_checks":
-        focus_answer = _focus_answer(tf.constant(np.asarray(labels, np.int64)))
-    else:
-        focus_answer = _focus_answer()
+    focus_answer = _focus_answer(labels if answer_format == "caption_checks" else None)
 
     def respond(scene, question, answer):
         return tf.strings.join([captions[scene], ". ", focus_answer(question, answer, scene)])
@@ -364,6 +360,7 @@ def _focus_answer(labels=None):
     focus = tf.constant(list(fashion_scenes.QUESTION_FOCUS))
     plain = tf.constant(list(fashion_scenes.ANSWERS))
     if labels is not None:
+        labels = tf.constant(np.asarray(labels, np.int64))
         items = tf.constant(fashion_scenes.QUESTION_ITEM, tf.int64)
         words = tf.constant(list(CHECK_WORDS))
 
