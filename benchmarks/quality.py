@@ -311,8 +311,9 @@ def save_plot(tables, path):
         axis.set_xlabel("%")
         axis.set_title(f"FashionScenes {split}")
         axis.grid(axis="x", alpha=0.3)
-    axes[0][0].legend(loc="lower right", fontsize=8)
-    figure.tight_layout()
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=9)
+    figure.tight_layout(rect=(0, 0.05, 1, 1))  # leave the bottom strip to the legend
     figure.savefig(path, dpi=110)
     plt.close(figure)
     return path

@@ -4,10 +4,11 @@
 
 Needs Fashion-MNIST (`apt-get install dataset-fashion-mnist`); rerun with the same
 `--checkpoint-dir` to resume after an interruption. Runs under TensorFlow unless
-`KERAS_BACKEND` says otherwise: on 2 CPU cores its training steps took about 0.3 s
-(about 29 minutes in all, the last stage's 0.14 s steps included) against about 0.5 s under
-JAX with the earlier `caption_first` answers; the shipped `caption_checks` run took 60
-minutes on a machine about 2x slower (benchmarks/fashion_training/README.md). Every flag's default is `training.pipeline.train_fashion_preset`'s.
+`KERAS_BACKEND` says otherwise: on 2 CPU cores (an AMD EPYC) its training steps took
+about 0.3 s (about 29 minutes in all, the last stage's 0.14 s steps included) against
+about 0.5 s under JAX with the earlier `caption_first` answers; the shipped
+`caption_checks` run took 60 minutes on a 2-core Intel Xeon whose steps run about 1.8x
+slower (benchmarks/fashion_training/README.md). Every flag's default is `training.pipeline.train_fashion_preset`'s.
 """
 
 import argparse
