@@ -1,0 +1,141 @@
+"""Text-only probe: can this architecture learn a VQA response format when it is given the caption?
+
+    python -m benchmarks.fashion_training.text_probe --variant checks [--steps 1500]
+
+The same decoder as `vishwam_tiny_fashion` without the vision encoder, trained from
+scratch on FashionScenes questions with the scene's true caption in the prompt
+(`"Question: Is there a bag? Caption: a sneaker and a bag above ... Answer:"`); it writes
+the rest of the `caption_checks` response (focus, per-slot checks, answer), and greedy
+answers on every question of the first 100 validation scenes are scored per question type.
+This separates learning the lookup from seeing the scene. Variants:
+  checks     the shipped format: `" a bag? no yes no no: yes"`;
+  repeats    the same with "is there an X?" questions three times as often;
+  slotwords  each check names its slot's class first: `" a bag? sneaker no, bag yes, dress
+             no, coat no: yes"`.
+Results: benchmarks/fashion_training/README.md.
+"""
+
+import argparse
+import dataclasses
+import os
+import re
+import time
+
+os.environ.setdefault("KERAS_BACKEND", "jax")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+from vishwam_keras.config import FASHION_TINY_CONFIG  # noqa: E402
+from vishwam_keras.data import pipelines  # noqa: E402
+from vishwam_keras.evaluation import final_answer, normalize_answer  # noqa: E402
+
+VARIANTS = ("checks", "repeats", "slotwords")
+QUESTION_TYPES = ("position", "count", "exists", "relation")
+_RESPONSE = re.compile(r"^ (.*?)\. (.*)$")
+_SLOTS = re.compile(r"^(.*) and (.*) above (.*) and (.*)$")
+
+
+def _class_name(item):
+    return re.sub(r"^(a|an) ", "", item.strip())
+
+
+def text_only_example(prompt, response, variant="checks"):
+    """A `caption_checks` VQA example with its caption moved into the prompt.
+
+    >>> text_only_example("<start_of_image> Question: Is there a bag? Answer:",
+    ...                   " a sneaker and a bag above a dress and a coat. a bag? no yes no no: yes",
+    ...                   "slotwords")
+    ('Question: Is there a bag? Caption: a sneaker and a bag above a dress and a coat. Answer:', ' a bag? sneaker no, bag yes, dress no, coat no: yes')
+    """
+    if variant not in VARIANTS:
+        raise ValueError(f"`variant` must be one of {VARIANTS}. Received: {variant!r}")
+    caption, rest = _RESPONSE.match(response).groups()
+    question = prompt.removeprefix(pipelines.VQA_PROMPT_PREFIX).removesuffix(pipelines.VQA_PROMPT_SUFFIX).strip()
+    if variant == "slotwords" and pipelines.CHECK_SEPARATOR in rest:
+        focus, tail = rest.split(pipelines.CHECK_SEPARATOR, 1)
+        checks, answer = tail.rsplit(pipelines.ANSWER_SEPARATOR, 1)
+        slots = [_class_name(item) for item in _SLOTS.match(caption).groups()]
+        checks = ", ".join(f"{slot} {check}" for slot, check in zip(slots, checks.split()))
+        rest = f"{focus}{pipelines.CHECK_SEPARATOR}{checks}{pipelines.ANSWER_SEPARATOR}{answer}"
+    return f"Question: {question} Caption: {caption}.{pipelines.VQA_PROMPT_SUFFIX}", " " + rest
+
+
+def question_type(prompt):
+    text = prompt.lower()
+    if "what is in" in text:
+        return "position"
+    if "how many" in text:
+        return "count"
+    return "exists" if "is there" in text else "relation"
+
+
+def probe_examples(split, count, variant, seed=0, repeat=False, shuffle=False):
+    """`(prompts, responses)`: the first `count` text-only examples of `split` (the
+    `"repeats"` variant's extra exists questions only in training)."""
+    repeats = {"exists": 3} if variant == "repeats" and split == "train" else None
+    dataset = pipelines.vqa_examples(
+        split, seed=seed, repeat=repeat, shuffle=shuffle, answer_format="caption_checks",
+        question_type_repeats=repeats,
+    )
+    pairs = [
+        text_only_example(row["prompts"].decode(), row["responses"].decode(), variant)
+        for row in dataset.take(count).as_numpy_iterator()
+    ]
+    return [p for p, _ in pairs], [r for _, r in pairs]
+
+
+def run(variant="checks", steps=1500, batch_size=16, sequence_length=80, num_scenes=100, seed=0):
+    import tensorflow as tf
+
+    from vishwam_keras.models.factory import create_multimodal_model, create_preprocessor
+
+    start = time.time()
+    keras.utils.set_random_seed(seed)
+    prompts, responses = probe_examples("train", steps * batch_size, variant, seed, repeat=True, shuffle=True)
+    config = dataclasses.replace(FASHION_TINY_CONFIG, vision_embed_dim=None)  # text only
+    preprocessor = create_preprocessor(config, sequence_length)
+    model = create_multimodal_model(config, preprocessor=preprocessor)
+    schedule = keras.optimizers.schedules.CosineDecay(
+        0.0, steps, warmup_target=2e-3, warmup_steps=min(100, steps // 10)
+    )
+    model.compile(
+        optimizer=keras.optimizers.AdamW(schedule, clipnorm=1.0),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        weighted_metrics=["accuracy"], sampler="greedy",
+    )
+    train = (
+        tf.data.Dataset.from_tensor_slices({"prompts": prompts, "responses": responses})
+        .batch(batch_size).map(preprocessor, num_parallel_calls=tf.data.AUTOTUNE).prefetch(4)
+    )
+    model.preprocessor = None  # the batches are preprocessed already
+    model.fit(train, epochs=1, verbose=2)
+    model.preprocessor = preprocessor
+    train_seconds = time.time() - start
+
+    prompts, responses = probe_examples("validation", num_scenes * 17, variant)
+    completions = []
+    for i in range(0, len(prompts), 64):
+        completions += model.generate(prompts[i:i + 64], max_length=sequence_length, strip_prompt=True)
+    answers, checks = {}, {}
+    for prompt, response, completion in zip(prompts, responses, completions):
+        kind = question_type(prompt)
+        answers.setdefault(kind, []).append(
+            normalize_answer(final_answer(completion)) == normalize_answer(final_answer(response))
+        )
+        before = lambda text: text.strip().rsplit(pipelines.ANSWER_SEPARATOR, 1)[0]  # noqa: E731
+        checks.setdefault(kind, []).append(before(completion) == before(response))
+    print(f"variant {variant}: {steps} steps, {train_seconds:.0f} s, {len(prompts)} validation questions")
+    for kind in QUESTION_TYPES:
+        print(f"  {kind}: answer {100 * np.mean(answers[kind]):.1f}%, focus and checks exact "
+              f"{100 * np.mean(checks[kind]):.1f}% (n={len(answers[kind])})")
+    print(f"  all: {100 * np.mean(sum(answers.values(), [])):.1f}%")
+    return answers, checks
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--variant", choices=VARIANTS, default="checks")
+    parser.add_argument("--steps", type=int, default=1500)
+    args = parser.parse_args()
+    run(args.variant, args.steps)
