@@ -26,11 +26,12 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from vishwam_keras.config import FASHION_TINY_CONFIG  # noqa: E402
-from vishwam_keras.data import pipelines  # noqa: E402
+from vishwam_keras.data import fashion_scenes, pipelines  # noqa: E402
 from vishwam_keras.data.fashion_mnist import SHORT_NAMES  # noqa: E402
 from vishwam_keras.evaluation import final_answer, parse_caption, vqa_scores  # noqa: E402
 
 VARIANTS = ("checks", "repeats", "slotwords")
+QUESTION_TYPES = dict(zip(fashion_scenes.QUESTIONS, fashion_scenes.QUESTION_TYPE_OF))
 CAPTION_END = ". "  # a caption_checks response: " <caption>. <focus>? <checks>: <answer>"
 
 
@@ -56,12 +57,10 @@ def text_only_example(prompt, response, variant="checks"):
 
 
 def question_type(prompt):
-    text = prompt.lower()
-    if "what is in" in text:
-        return "position"
-    if "how many" in text:
-        return "count"
-    return "exists" if "is there" in text else "relation"
+    """The type of a probe prompt's question (`"Question: <q> Caption: ..."`), from
+    `fashion_scenes.QUESTION_TYPE_OF`."""
+    question = prompt.removeprefix("Question: ").split(" Caption: ", 1)[0]
+    return QUESTION_TYPES[question]
 
 
 def probe_examples(split, count, variant, seed=0, repeat=False, shuffle=False):

@@ -27,7 +27,8 @@ def test_slotwords_names_each_slot_before_its_check():
 
 
 def test_question_types_and_a_bad_variant():
-    assert [question_type(p) for p in ("Question: What is in the top left?", "Question: How many bags are there?",
-                                       "Question: Is there a bag?", PROMPT)] == ["position", "count", "exists", "relation"]
+    prompts = [text_only_example(f"<start_of_image> Question: {q} Answer:", RESPONSE)[0] for q in (
+        "What is in the top left?", "How many bags are there?", "Is there a bag?", "What is left of the bag?")]
+    assert [question_type(p) for p in prompts] == ["position", "count", "exists", "relation"]
     with pytest.raises(ValueError, match="variant"):
         text_only_example(PROMPT, RESPONSE, "slots")
