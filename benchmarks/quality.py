@@ -160,6 +160,8 @@ def baseline_training_config(training, steps=None, seed=None):
         settings["total_steps"] = steps
     if seed is not None:
         settings["seed"] = seed
+    # The preset's vocabulary (recorded since the 2048-piece option; 8192 before).
+    settings["model"] = pipeline.fashion_model_config(training.get("vocabulary_size"))
     return dataclasses.replace(
         pipeline.SMALL_MODEL_TRAINING_CONFIG, use_curriculum=False, use_contrastive_loss=False, **settings
     )
@@ -193,8 +195,8 @@ def curriculum_mixture(config, finetuning_mixture=None, text_mixture=None):
 def train_baseline(preset, steps=None, seed=None, num_train_scenes=None, reference=None):
     """Train the PaliGemma-style baseline with `main_training_pipeline` (one stage, mixed data).
 
-    The pipeline builds the model from the config (`FASHION_TINY_CONFIG`, the preset's
-    architecture) after seeding, as the preset's own run does; with `reference` (the
+    The pipeline builds the model from the config (`FASHION_TINY_CONFIG` with the preset's
+    vocabulary size: the preset's architecture) after seeding, as the preset's own run does; with `reference` (the
     preset's model) the two backbones' parameter counts are checked to match.
 
     Returns:

@@ -1,8 +1,11 @@
-"""Trains the packaged SentencePiece vocabulary on Shakespeare's plays and poems.
+"""Trains the packaged SentencePiece vocabularies on Shakespeare (and FashionScenes text).
 
-Writes vishwam_keras/presets/_tokenizer/vocabulary.spm, read by VishwamTokenizer.
+Writes vishwam_keras/presets/_tokenizer/vocabulary.spm (8192 pieces, Shakespeare only),
+or with `--fashion-scenes` fashion_vocabulary.spm (2048 pieces, the vocabulary of the
+`vishwam_tiny_fashion` preset), both read by VishwamTokenizer:
 
     python scripts/train_tokenizer.py [--output DIR] [--vocab-size 8192] [--cache-dir DIR]
+    python scripts/train_tokenizer.py --fashion-scenes --vocab-size 2048
 
 Choices, and why:
 - BPE, as in Gemma's own tokenizer, so a Gemma vocabulary drops in with the same
@@ -19,6 +22,13 @@ Choices, and why:
 - Gemma's special-token layout: `<pad>` 0, `<eos>` 1, `<bos>` 2, `<unk>` 3, then
   the image and turn tokens, then the 256 byte pieces.
 - Deterministic: fixed input order, no sampling by default, fixed random seed.
+- `--fashion-scenes` adds every text a FashionScenes example can hold (`fashion_scene_
+  sentences`: every caption, the prompts, the questions' focus, checks and answers) to
+  Shakespeare, repeated so that their words become whole pieces, and writes
+  `FASHION_VOCABULARY_FILENAME`. With 2048 pieces a caption-checks example is 68
+  tokens instead of 78, and the embedding and output tables of the tiny preset are a
+  quarter of the size: it trains in about half the time. Shakespeare stays in the
+  corpus: it reads at 2.8 characters per token (3.6 with the 8192 pieces).
 """
 
 import argparse
@@ -28,13 +38,22 @@ import re
 import sys
 import time
 
+import itertools
+
 import sentencepiece
 
+from vishwam_keras.data import fashion_scenes
 from vishwam_keras.data.shakespeare import load_shakespeare_text
 
 REPOSITORY_ROOT = pathlib.Path(__file__).resolve().parents[1]
 DEFAULT_OUTPUT_DIR = REPOSITORY_ROOT / "vishwam_keras" / "presets" / "_tokenizer"
 VOCABULARY_FILENAME = "vocabulary.spm"
+FASHION_VOCABULARY_FILENAME = "fashion_vocabulary.spm"
+# How often each FashionScenes prompt and each focus/checks/answer line is repeated in
+# the corpus: the 10,000 captions carry the item names; the prompts and the focus/answer
+# lines are few, so each counts 50 times and their words ("shoes", "zero") become pieces.
+PROMPT_REPEATS = 50
+FOCUS_REPEATS = 50
 
 USER_DEFINED_SYMBOLS = [
     "<start_of_image>",
@@ -83,6 +102,51 @@ def split_into_paragraphs(works):
             elif paragraph:
                 paragraphs.append(paragraph)
     return paragraphs
+
+
+def fashion_scene_sentences():
+    """Every text a FashionScenes example writes, as written in the training examples.
+
+    The captions of all 10^4 label grids (`" a sneaker and a bag above ... a coat."`),
+    each caption and VQA prompt `PROMPT_REPEATS` times, and each question's focus with
+    every answer it can have (and, for questions that name an item, every slot-check
+    pattern, as `answer_format="caption_checks"` writes them) `FOCUS_REPEATS` times.
+    """
+    # Imported here: the pipelines module imports TensorFlow.
+    from vishwam_keras.data import pipelines
+
+    num_classes = len(fashion_scenes.SHORT_NAMES)
+    sentences = [
+        f" {fashion_scenes.caption(labels)}."
+        for labels in itertools.product(range(num_classes), repeat=len(fashion_scenes.POSITIONS))
+    ]
+    prompts = [pipelines.CAPTION_PROMPT] + [
+        f"{pipelines.VQA_PROMPT_PREFIX}{question}{pipelines.VQA_PROMPT_SUFFIX}"
+        for question in fashion_scenes.QUESTIONS
+    ]
+    sentences += prompts * PROMPT_REPEATS
+    answers_of_type = {
+        "position": fashion_scenes.ANSWERS[:num_classes],
+        "relation": fashion_scenes.ANSWERS[:num_classes],
+        "count": fashion_scenes.NUMBER_WORDS,
+        "exists": ("yes", "no"),
+    }
+    check_patterns = [
+        " ".join(words)
+        for words in itertools.product(pipelines.CHECK_WORDS, repeat=len(fashion_scenes.POSITIONS))
+    ]
+    focus_lines = []
+    for question, focus in enumerate(fashion_scenes.QUESTION_FOCUS):
+        kind = fashion_scenes.QUESTION_TYPE_OF[question]
+        for a, answer in enumerate(answers_of_type[kind]):
+            focus_lines.append(f". {focus}{pipelines.ANSWER_SEPARATOR}{answer}")
+            if fashion_scenes.QUESTION_ITEM[question] >= 0:
+                checks = check_patterns[(question + a) % len(check_patterns)]
+                focus_lines.append(
+                    f". {focus}{pipelines.CHECK_SEPARATOR}{checks}{pipelines.ANSWER_SEPARATOR}{answer}"
+                )
+    sentences += focus_lines * FOCUS_REPEATS
+    return sentences
 
 
 def train_sentencepiece(sentences, vocab_size, input_sentence_size=0, seed=1234):
@@ -136,6 +200,11 @@ def parse_args(argv):
         help="sample this many paragraphs for training; 0 uses all (default: 0)",
     )  # fmt: skip
     parser.add_argument("--seed", type=int, default=1234, help="sampling seed")
+    parser.add_argument(
+        "--fashion-scenes", action="store_true",
+        help="add the FashionScenes text to the corpus and write "
+        f"{FASHION_VOCABULARY_FILENAME} (use with --vocab-size 2048)",
+    )  # fmt: skip
     return parser.parse_args(argv)
 
 
@@ -143,6 +212,12 @@ def main(argv=None):
     args = parse_args(argv)
     works = load_shakespeare_text(args.cache_dir)
     paragraphs = split_into_paragraphs(works)
+    filename = VOCABULARY_FILENAME
+    if args.fashion_scenes:
+        scene_sentences = fashion_scene_sentences()
+        print(f"Adding {len(scene_sentences)} FashionScenes sentences.")
+        paragraphs += scene_sentences
+        filename = FASHION_VOCABULARY_FILENAME
     print(f"Training on {len(works)} works, {len(paragraphs)} paragraphs.")
 
     start = time.perf_counter()
@@ -152,7 +227,7 @@ def main(argv=None):
     training_seconds = time.perf_counter() - start
 
     args.output.mkdir(parents=True, exist_ok=True)
-    path = args.output / VOCABULARY_FILENAME
+    path = args.output / filename
     path.write_bytes(proto)
     print(f"Trained in {training_seconds:.1f} s; wrote {path} ({len(proto)} bytes).")
     print(summarize(proto, works))

@@ -7,6 +7,10 @@ import dataclasses
 from typing import List, Optional
 
 TOKENIZER_VOCABULARY_SIZE = 8192
+# The packaged vocabulary trained on FashionScenes text as well (`--fashion-scenes` of
+# scripts/train_tokenizer.py): `train_fashion_preset(vocabulary_size=2048)` trains the tiny
+# preset with it in about half the time (benchmarks/fashion_training/README.md).
+FASHION_VOCABULARY_SIZE = 2048
 
 
 @dataclasses.dataclass

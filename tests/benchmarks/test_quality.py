@@ -83,3 +83,14 @@ def test_baseline_leaves_out_stages_that_train_only_the_contrastive_heads():
     assert [s.name for s in config.stages()] == ["all"] and config.stages()[0].steps == 1000
     mixture = quality.curriculum_mixture(config, {"caption": 0.4, "vqa": 0.6})
     assert mixture == pytest.approx({"text": 0.1, "caption": 0.2 + 0.7 * 0.4, "vqa": 0.7 * 0.6})
+
+
+def test_baseline_model_has_the_preset_vocabulary():
+    from vishwam_keras.config import FASHION_TINY_CONFIG
+
+    training = {"total_steps": 100, "batch_size": 16, "seed": 0}
+    # A record from before the vocabulary was recorded: the shipped 8192 pieces.
+    assert quality.baseline_training_config(training).model == FASHION_TINY_CONFIG
+    config = quality.baseline_training_config({**training, "vocabulary_size": 2048})
+    assert config.model.vocabulary_size == 2048
+    assert config.model.embed_dim == FASHION_TINY_CONFIG.embed_dim

@@ -141,3 +141,56 @@ def test_bad_proto_raises_value_error_naming_the_argument(tmp_path):
     not_a_model.write_bytes(b"not a sentencepiece model")
     with pytest.raises(ValueError, match="`proto` is not a valid SentencePiece"):
         VishwamTokenizer(proto=not_a_model)
+
+
+# === The FashionScenes vocabulary (2048 pieces) ===
+@pytest.fixture(scope="module")
+def fashion_tokenizer():
+    return VishwamTokenizer(proto=default_vocabulary_path(2048))
+
+
+def test_fashion_vocabulary_has_gemma_layout_and_round_trips(fashion_tokenizer):
+    assert fashion_tokenizer.vocabulary_size() == 2048
+    assert fashion_tokenizer.get_vocabulary()[:4] == ["<pad>", "<eos>", "<bos>", "<unk>"]
+    assert fashion_tokenizer.image_placeholder_id == VishwamTokenizer(
+        proto=default_vocabulary_path()
+    ).image_placeholder_id
+    for text in (ASCII_TEXT, UNICODE_TEXT):
+        assert fashion_tokenizer.detokenize(fashion_tokenizer(text)) == text
+
+
+def test_fashion_vocabulary_writes_scene_words_as_single_pieces(fashion_tokenizer):
+    from vishwam_keras.data import fashion_scenes
+
+    words = set()
+    for text in fashion_scenes.QUESTIONS + fashion_scenes.ANSWERS + fashion_scenes.QUESTION_FOCUS:
+        words |= set(text.replace("?", "").split())
+    split = {word for word in words if len(fashion_tokenizer(" " + word)) != 1}
+    assert split == {"t-shirt"}
+    caption = " " + fashion_scenes.caption([7, 8, 3, 4])
+    assert caption == " a sneaker and a bag above a dress and a coat"
+    assert len(fashion_tokenizer(caption)) == 11
+    # The Shakespeare vocabulary needs more pieces for the same caption.
+    assert len(VishwamTokenizer(proto=default_vocabulary_path())(caption)) > 11
+
+
+def test_default_vocabulary_path_rejects_an_unpackaged_size():
+    with pytest.raises(ValueError, match=r"`vocabulary_size`.*\[2048, 8192\].*vocabulary_size=1000.*train_tokenizer"):
+        default_vocabulary_path(1000)
+
+
+def test_create_preprocessor_uses_the_config_vocabulary():
+    from vishwam_keras import MultimodalConfig
+    from vishwam_keras.config import FASHION_TINY_CONFIG, FASHION_VOCABULARY_SIZE
+    from vishwam_keras.models.factory import create_preprocessor
+    from vishwam_keras.training.pipeline import fashion_model_config
+
+    assert fashion_model_config() is FASHION_TINY_CONFIG
+    config = fashion_model_config(FASHION_VOCABULARY_SIZE)
+    assert config.vocabulary_size == 2048 and config.embed_dim == FASHION_TINY_CONFIG.embed_dim
+    assert create_preprocessor(config, 16).tokenizer.vocabulary_size() == 2048
+    assert create_preprocessor(FASHION_TINY_CONFIG, 16).tokenizer.vocabulary_size() == 8192
+    with pytest.raises(ValueError, match="vocabulary_size=100"):
+        create_preprocessor(MultimodalConfig(vocabulary_size=100), 16)
+    with pytest.raises(ValueError, match=r"`vocabulary_size`.*vocabulary_size=4096"):
+        fashion_model_config(4096)

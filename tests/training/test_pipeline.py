@@ -145,6 +145,7 @@ def test_bad_configs_fail_before_training(kwargs, match):
         (dict(text_mixture={"caption": 1.0}), "text_mixture"),
         (dict(text_mixture={"described_vqa": 0}), "text_mixture"),
         (dict(text_mixture={"described_vqa": 1.0}, answer_format="direct"), "caption_first"),
+        (dict(vocabulary_size=4096), "vocabulary_size"),
     ],
 )
 def test_train_fashion_preset_checks_its_arguments_first(kwargs, match, monkeypatch):
@@ -231,6 +232,32 @@ def test_train_fashion_preset_sizes_its_sequences_for_the_answer_format(monkeypa
             total_steps=100, retrieval_steps=0, text_mixture={"text": 1, "described_vqa": 3}, answer_format="caption_first"
         )
     assert seen["text_mixture"] == {"text": 1, "described_vqa": 3}
+
+
+def test_train_fashion_preset_with_the_fashion_vocabulary(monkeypatch):
+    from vishwam_keras.data import pipelines
+    from vishwam_keras.training import pipeline
+
+    seen = {}
+
+    class Stop(Exception):
+        """Raised where training would start, once the config is seen."""
+
+    def capture(datasets, config=None, verbose=None):
+        seen["model"], seen["sequence_length"] = config.model, config.sequence_length
+        raise Stop
+
+    monkeypatch.setattr(pipelines, "stage_datasets", lambda *a, **k: {name: name for name in pipelines.STAGE_NAMES})
+    monkeypatch.setattr(pipeline, "main_training_pipeline", capture)
+    with pytest.raises(Stop):
+        pipeline.train_fashion_preset(total_steps=100, retrieval_steps=0, vocabulary_size=2048)
+    assert seen["model"].vocabulary_size == 2048
+    short = seen["sequence_length"]
+    with pytest.raises(Stop):
+        pipeline.train_fashion_preset(total_steps=100, retrieval_steps=0)
+    assert seen["model"].vocabulary_size == 8192
+    # Every scene word is one piece: the longest caption_checks example is 10 tokens shorter.
+    assert (short, seen["sequence_length"]) == (68, 78)
 
 
 def test_export_without_optimizer_saves_every_layer_trainable(tmp_path):

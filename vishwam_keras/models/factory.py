@@ -43,6 +43,10 @@ def create_multimodal_model(config=None, preprocessor=None, dtype=None, **config
 def create_preprocessor(config, sequence_length=128, name=None):
     """The bundled tokenizer (+ an image converter for a vision config) as a preprocessor.
 
+    The tokenizer is the packaged vocabulary of `config.vocabulary_size` pieces
+    (`tokenizer.PACKAGED_VOCABULARIES`: 8192 or 2048); another size raises a
+    `ValueError` that says how to train one.
+
     `name` (optional) names the preprocessor and, with suffixes, its tokenizer and image
     converter; Keras' automatic names (`vishwam_tokenizer`, then `vishwam_tokenizer_1`,
     ...) count every object made in the process, and they are saved with a preset.
@@ -60,7 +64,7 @@ def create_preprocessor(config, sequence_length=128, name=None):
             image_size=config.image_size, num_channels=config.num_channels, **named("_image_converter")
         )
     return VishwamCausalLMPreprocessor(
-        VishwamTokenizer(proto=default_vocabulary_path(), **named("_tokenizer")),
+        VishwamTokenizer(proto=default_vocabulary_path(config.vocabulary_size), **named("_tokenizer")),
         image_converter=image_converter,
         sequence_length=sequence_length,
         num_vision_tokens_per_image=config.num_vision_tokens,

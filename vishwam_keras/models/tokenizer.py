@@ -21,15 +21,37 @@ END_OF_IMAGE_TOKEN = "<end_of_image>"
 IMAGE_PLACEHOLDER_TOKEN = "<image_soft_token>"
 
 
-def default_vocabulary_path():
-    """Returns the path of the packaged `vocabulary.spm`, as a string.
+# The packaged vocabularies by size, all trained by `scripts/train_tokenizer.py` with
+# Gemma's special token ids (`<pad>` 0, `<eos>` 1, `<bos>` 2, `<unk>` 3): 8192 pieces on
+# Shakespeare (the default of `MultimodalConfig.vocabulary_size`), and 2048 on
+# Shakespeare plus every FashionScenes text (`--fashion-scenes`), the vocabulary of the
+# `vishwam_tiny_fashion` preset.
+PACKAGED_VOCABULARIES = {8192: "vocabulary.spm", 2048: "fashion_vocabulary.spm"}
 
-    The vocabulary is a byte-fallback BPE SentencePiece model with 8192 pieces,
-    trained on Shakespeare by `scripts/train_tokenizer.py`, with Gemma's special
-    token ids (`<pad>` 0, `<eos>` 1, `<bos>` 2, `<unk>` 3).
+
+def default_vocabulary_path(vocabulary_size=8192):
+    """Returns the path of the packaged vocabulary with `vocabulary_size` pieces, as a string.
+
+    Both are byte-fallback BPE SentencePiece models (see `PACKAGED_VOCABULARIES`). The
+    2048-piece one writes every FashionScenes word as one piece except "t-shirt"
+    (" a sneaker and a bag above a dress and a coat." is 12 tokens), so the tiny
+    preset's examples are short and its embedding table small.
+
+    Args:
+        vocabulary_size: int. 8192 (the default) or 2048.
+
+    Raises:
+        ValueError: when no packaged vocabulary has `vocabulary_size` pieces.
     """
+    if vocabulary_size not in PACKAGED_VOCABULARIES:
+        raise ValueError(
+            "`vocabulary_size` must be the size of a packaged vocabulary, one of "
+            f"{sorted(PACKAGED_VOCABULARIES)}. Received: vocabulary_size={vocabulary_size!r}. "
+            "For another size, train one with `python scripts/train_tokenizer.py "
+            "--vocab-size N --output DIR` and pass `VishwamTokenizer(proto=path)`."
+        )
     resource = importlib.resources.files("vishwam_keras").joinpath(
-        "presets", "_tokenizer", "vocabulary.spm"
+        "presets", "_tokenizer", PACKAGED_VOCABULARIES[vocabulary_size]
     )
     return str(resource)
 
