@@ -25,7 +25,6 @@ os.environ.setdefault("KERAS_BACKEND", "jax")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from vishwam_keras.config import FASHION_TINY_CONFIG  # noqa: E402
 from vishwam_keras.data import fashion_scenes, pipelines  # noqa: E402
 from vishwam_keras.data.fashion_mnist import SHORT_NAMES  # noqa: E402
 from vishwam_keras.evaluation import final_answer, parse_caption, vqa_scores  # noqa: E402
@@ -83,15 +82,19 @@ def _before_answer(text):
     return text.strip().rsplit(pipelines.ANSWER_SEPARATOR, 1)[0]
 
 
-def run(variant="checks", steps=1500, batch_size=16, sequence_length=80, num_questions=1700, seed=0):
+def run(variant="checks", steps=1500, batch_size=16, sequence_length=80, num_questions=1700, seed=0,
+        vocabulary_size=None):
+    """Trains and scores one probe; `vocabulary_size` picks the packaged vocabulary
+    (`training.pipeline.fashion_model_config`; `None`: the preset's 8192 pieces)."""
     import tensorflow as tf
 
     from vishwam_keras.models.factory import create_multimodal_model, create_preprocessor
+    from vishwam_keras.training.pipeline import fashion_model_config
 
     start = time.time()
     keras.utils.set_random_seed(seed)
     prompts, responses = probe_examples("train", steps * batch_size, variant, seed, repeat=True, shuffle=True)
-    config = dataclasses.replace(FASHION_TINY_CONFIG, vision_embed_dim=None)  # text only
+    config = dataclasses.replace(fashion_model_config(vocabulary_size), vision_embed_dim=None)  # text only
     preprocessor = create_preprocessor(config, sequence_length)
     model = create_multimodal_model(config, preprocessor=preprocessor)
     schedule = keras.optimizers.schedules.CosineDecay(
@@ -118,7 +121,8 @@ def run(variant="checks", steps=1500, batch_size=16, sequence_length=80, num_que
     types = [question_type(prompt) for prompt in prompts]
     scores = vqa_scores(completions, [final_answer(r) for r in responses], types)
     exact = np.array([_before_answer(c) == _before_answer(r) for c, r in zip(completions, responses)])
-    print(f"variant {variant}: {steps} steps, {train_seconds:.0f} s, {len(prompts)} validation questions")
+    print(f"variant {variant}, vocabulary {config.vocabulary_size}: {steps} steps, {train_seconds:.0f} s, "
+          f"{len(prompts)} validation questions")
     for kind, accuracy in scores["per_type"].items():
         print(f"  {kind}: answer {100 * accuracy:.1f}%, focus and checks exact "
               f"{100 * exact[np.asarray(types) == kind].mean():.1f}% (n={scores['per_type_count'][kind]})")
@@ -130,5 +134,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variant", choices=VARIANTS, default="checks")
     parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--vocabulary-size", type=int, default=None, help="packaged vocabulary (default: 8192)")
     args = parser.parse_args()
-    run(args.variant, args.steps)
+    run(args.variant, args.steps, vocabulary_size=args.vocabulary_size)
