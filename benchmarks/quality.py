@@ -196,8 +196,9 @@ def train_baseline(preset, steps=None, seed=None, num_train_scenes=None, referen
     """Train the PaliGemma-style baseline with `main_training_pipeline` (one stage, mixed data).
 
     The pipeline builds the model from the config (`FASHION_TINY_CONFIG` with the preset's
-    vocabulary size: the preset's architecture) after seeding, as the preset's own run does; with `reference` (the
-    preset's model) the two backbones' parameter counts are checked to match.
+    vocabulary size: the preset's architecture) after seeding, as the preset's own run
+    does; with `reference` (the preset's model) the two backbones' parameter counts are
+    checked to match.
 
     Returns:
         `(model, config, data mixture, training seconds)`.

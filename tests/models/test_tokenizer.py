@@ -149,17 +149,15 @@ def fashion_tokenizer():
     return VishwamTokenizer(proto=default_vocabulary_path(2048))
 
 
-def test_fashion_vocabulary_has_gemma_layout_and_round_trips(fashion_tokenizer):
+def test_fashion_vocabulary_has_gemma_layout_and_round_trips(fashion_tokenizer, tokenizer):
     assert fashion_tokenizer.vocabulary_size() == 2048
     assert fashion_tokenizer.get_vocabulary()[:4] == ["<pad>", "<eos>", "<bos>", "<unk>"]
-    assert fashion_tokenizer.image_placeholder_id == VishwamTokenizer(
-        proto=default_vocabulary_path()
-    ).image_placeholder_id
+    assert fashion_tokenizer.image_placeholder_id == tokenizer.image_placeholder_id
     for text in (ASCII_TEXT, UNICODE_TEXT):
         assert fashion_tokenizer.detokenize(fashion_tokenizer(text)) == text
 
 
-def test_fashion_vocabulary_writes_scene_words_as_single_pieces(fashion_tokenizer):
+def test_fashion_vocabulary_writes_scene_words_as_single_pieces(fashion_tokenizer, tokenizer):
     from vishwam_keras.data import fashion_scenes
 
     words = set()
@@ -171,7 +169,7 @@ def test_fashion_vocabulary_writes_scene_words_as_single_pieces(fashion_tokenize
     assert caption == " a sneaker and a bag above a dress and a coat"
     assert len(fashion_tokenizer(caption)) == 11
     # The Shakespeare vocabulary needs more pieces for the same caption.
-    assert len(VishwamTokenizer(proto=default_vocabulary_path())(caption)) > 11
+    assert len(tokenizer(caption)) > 11
 
 
 def test_default_vocabulary_path_rejects_an_unpackaged_size():

@@ -23,9 +23,9 @@ IMAGE_PLACEHOLDER_TOKEN = "<image_soft_token>"
 
 # The packaged vocabularies by size, all trained by `scripts/train_tokenizer.py` with
 # Gemma's special token ids (`<pad>` 0, `<eos>` 1, `<bos>` 2, `<unk>` 3): 8192 pieces on
-# Shakespeare (the default of `MultimodalConfig.vocabulary_size`), and 2048 on
-# Shakespeare plus every FashionScenes text (`--fashion-scenes`), the vocabulary of the
-# `vishwam_tiny_fashion` preset.
+# Shakespeare (the default of `MultimodalConfig.vocabulary_size`, and the
+# `vishwam_tiny_fashion` preset's), and 2048 on Shakespeare plus every FashionScenes text
+# (`--fashion-scenes`; `train_fashion_preset(vocabulary_size=2048)`).
 PACKAGED_VOCABULARIES = {8192: "vocabulary.spm", 2048: "fashion_vocabulary.spm"}
 
 
@@ -34,8 +34,8 @@ def default_vocabulary_path(vocabulary_size=8192):
 
     Both are byte-fallback BPE SentencePiece models (see `PACKAGED_VOCABULARIES`). The
     2048-piece one writes every FashionScenes word as one piece except "t-shirt"
-    (" a sneaker and a bag above a dress and a coat." is 12 tokens), so the tiny
-    preset's examples are short and its embedding table small.
+    (" a sneaker and a bag above a dress and a coat." is 12 tokens, 14 with 8192
+    pieces), so FashionScenes examples are short and the embedding table small.
 
     Args:
         vocabulary_size: int. 8192 (the default) or 2048.

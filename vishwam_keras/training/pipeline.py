@@ -419,17 +419,14 @@ FASHION_MIN_SEQUENCE_LENGTH = 48
 
 def fashion_model_config(vocabulary_size=None):
     """`FASHION_TINY_CONFIG` with a packaged vocabulary of `vocabulary_size` pieces
-    (`None`: its own, 8192; or `config.FASHION_VOCABULARY_SIZE`, 2048)."""
-    from vishwam_keras.models.tokenizer import PACKAGED_VOCABULARIES
+    (`None`: its own, 8192; or `config.FASHION_VOCABULARY_SIZE`, 2048). Another size
+    raises `default_vocabulary_path`'s `ValueError`."""
+    from vishwam_keras.models.tokenizer import default_vocabulary_path
 
     model_config = config_lib.FASHION_TINY_CONFIG
     if vocabulary_size is None or vocabulary_size == model_config.vocabulary_size:
         return model_config
-    if vocabulary_size not in PACKAGED_VOCABULARIES:
-        raise ValueError(
-            "`vocabulary_size` must be None or the size of a packaged vocabulary, one of "
-            f"{sorted(PACKAGED_VOCABULARIES)}. Received: vocabulary_size={vocabulary_size!r}"
-        )
+    default_vocabulary_path(vocabulary_size)  # the one check of a packaged size
     return dataclasses.replace(model_config, vocabulary_size=vocabulary_size)
 
 
